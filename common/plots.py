@@ -1,0 +1,96 @@
+"""Pictures a person would rather look at than read: curves and prediction grids."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only: works on servers and CI without a display.
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from common.voc import IGNORE_LABEL, VOID_COLOR, voc_colormap  # noqa: E402
+
+COLORMAP = voc_colormap()  # 256 colours: VOC's 21 first, index 255 = void.
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """Class-index mask `(H, W)` -> VOC colours `(H, W, 3)` uint8; void is cream."""
+    return COLORMAP[np.asarray(mask, np.uint8)]
+
+
+def plot_history(csv_path: str, out_path: str) -> None:
+    """Loss and mean IoU per epoch, train vs validation, from Keras' CSVLogger file."""
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, key, title in (
+        (axes[0], "loss", "Loss (void ignored)"),
+        (axes[1], "mean_iou", "Mean IoU"),
+    ):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            if prefix + key in rows[0]:
+                axis.plot(
+                    epochs,
+                    [float(row[prefix + key]) for row in rows],
+                    marker="o",
+                    label=label,
+                )
+        axis.set(title=title, xlabel="epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    class_names: Sequence[str],
+    out_path: str,
+    title: str = "",
+) -> None:
+    """A grid: image | ground truth | prediction, one row per example.
+
+    images: uint8 or [0, 255] float `(H, W, 3)`; masks and predictions: class
+    indices `(H, W)`. The legend names every class that appears in the grid.
+    """
+    rows = len(images)
+    figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for row, (image, mask, prediction) in enumerate(zip(images, masks, predictions)):
+        panels = (
+            np.clip(image, 0, 255).astype(np.uint8),
+            colorize(mask),
+            colorize(prediction),
+        )
+        for axis, panel, name in zip(
+            axes[row], panels, ("image", "ground truth", "prediction")
+        ):
+            axis.imshow(panel, interpolation="nearest")
+            axis.set_axis_off()
+            if row == 0:
+                axis.set_title(name)
+    shown = np.unique(np.concatenate([np.ravel(m) for m in (*masks, *predictions)]))
+    handles = [
+        Patch(color=COLORMAP[index] / 255, label=class_names[index])
+        for index in shown
+        if index < len(class_names)
+    ]
+    if IGNORE_LABEL in shown:
+        handles.append(Patch(color=np.array(VOID_COLOR) / 255, label="void (ignored)"))
+    figure.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False
+    )
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.97))
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,456 @@
+"""The training tail every script shares: flags, data, compile, fit, results.
+
+A script defines its model and calls, in order:
+
+    args = parse_args(argv)              # with training.add_common_args(parser)
+    dataset = training.resolve_dataset(args)
+    train_ds, val_ds, steps = training.make_datasets(args, dataset)
+    model = build_my_model(dataset.num_classes, ...)
+    results = training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+
+Outputs, all in `--output-dir`: `best.keras` (best validation mean IoU),
+`history.csv`, `results.json`, `curves.png`, `predictions.png`, TensorBoard logs
+in `tensorboard/`, and `backup/` while a run is unfinished: rerunning the same
+command with the same `--output-dir` resumes it from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import plots, shapes, voc
+from common.losses import segmentation_loss
+from common.metrics import (
+    ConfusionMatrix,
+    iou_table,
+    mean_iou,
+    per_class_iou,
+    pixel_accuracy,
+)
+
+VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add the data, optimisation and output flags that every script shares.
+
+    A script sets its own defaults afterwards with `parser.set_defaults(...)`.
+    """
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        choices=["voc", "shapes", "folder"],
+        default="voc",
+        help="voc: PASCAL VOC 2012 (bash data/voc_download.sh); shapes: the "
+        "built-in synthetic set, generated on first use (seconds); folder: your "
+        "own data, either SPLIT/images + SPLIT/masks or CamVid's SPLIT + "
+        "SPLITannot (default: %(default)s)",
+    )
+    data.add_argument(
+        "--data-dir",
+        help=f"dataset folder (default: {VOC_DIR} for voc, data/shapes for shapes)",
+    )
+    data.add_argument("--train-split", default="train", help="default: %(default)s")
+    data.add_argument("--val-split", default="val", help="default: %(default)s")
+    data.add_argument(
+        "--num-classes",
+        type=int,
+        help="classes in your masks, void excluded (required with --dataset folder; "
+        "CamVid: 11)",
+    )
+    data.add_argument(
+        "--ignore-index",
+        type=int,
+        default=voc.IGNORE_LABEL,
+        help="mask value that means 'void, do not score' in your data; remapped to "
+        "255 (CamVid: 11; default: %(default)s)",
+    )
+    data.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="names for --dataset folder, in class-index order (default: class_0 ...)",
+    )
+    data.add_argument("--crop-size", type=int, help="square training crop in pixels")
+    data.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    data.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep decoded images in memory after the first epoch (VOC train: ~1 GB)",
+    )
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=50, help="default: %(default)s")
+    train.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="training batches per epoch (default: one pass over the training split)",
+    )
+    train.add_argument(
+        "--val-steps",
+        type=int,
+        help="validation batches per epoch (default: the whole validation split)",
+    )
+    train.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default="adam",
+        help="sgd uses --momentum (default: %(default)s)",
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        help="initial learning rate (default: %(default)s)",
+    )
+    train.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="SGD momentum (default: %(default)s)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="decoupled weight decay of the optimizer (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=["poly", "constant"],
+        default="poly",
+        help="poly: lr * (1 - step/total)^0.9, as DeepLab (default: %(default)s)",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds data order, augmentation and weights (default: %(default)s)",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--output-dir",
+        help="where checkpoints, logs and results go (default: "
+        "runs/SCRIPT-DATASET-TIME). "
+        "Rerun with the same --output-dir to resume an interrupted run.",
+    )
+    output.add_argument(
+        "--num-predictions",
+        type=int,
+        default=6,
+        help="validation images in predictions.png (default: %(default)s)",
+    )
+
+
+def parse_known(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse `argv` (default: the command line); keep it in `args.argv` for results."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def default_output_dir(script: str, dataset: str) -> str:
+    return os.path.join("runs", f"{script}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
+    """Turn the data flags into a `DatasetSpec`, generating `shapes` if needed."""
+    if args.dataset == "shapes":
+        data_dir = shapes.generate_shapes(args.data_dir or shapes.DEFAULT_DIR)
+        return voc.DatasetSpec(data_dir, "voc", shapes.SHAPES_CLASSES)
+    if args.dataset == "voc":
+        return voc.DatasetSpec(args.data_dir or VOC_DIR, "voc", voc.VOC_CLASSES)
+    if args.data_dir is None or args.num_classes is None:
+        raise voc.DatasetError("--dataset folder needs --data-dir and --num-classes.")
+    names = tuple(args.class_names or (f"class_{i}" for i in range(args.num_classes)))
+    if len(names) != args.num_classes:
+        raise voc.DatasetError(
+            f"--class-names lists {len(names)} names but --num-classes is "
+            f"{args.num_classes}."
+        )
+    return voc.DatasetSpec(args.data_dir, "auto", names, args.ignore_index)
+
+
+def make_datasets(
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    valid_input_size: Callable[[int], int] = voc.round_up,
+    label_margin: int = 0,
+    class_weights: Sequence[float] | None = None,
+) -> tuple[tf.data.Dataset, tf.data.Dataset, int]:
+    """Training and validation pipelines plus the number of training steps per epoch."""
+    common = dict(
+        layout=dataset.layout,
+        num_classes=dataset.num_classes,
+        ignore_index=dataset.ignore_index,
+        valid_input_size=valid_input_size,
+        label_margin=label_margin,
+        cache=args.cache,
+        seed=args.seed,
+    )
+    train_pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
+    if len(train_pairs) < args.batch_size:
+        raise voc.DatasetError(
+            f"Split {args.train_split!r} has {len(train_pairs)} images, fewer than "
+            f"--batch-size {args.batch_size}."
+        )
+    train_ds = voc.make_dataset(
+        dataset.data_dir,
+        args.train_split,
+        args.batch_size,
+        args.crop_size,
+        True,
+        class_weights=class_weights,
+        **common,
+    )
+    val_ds = voc.make_dataset(
+        dataset.data_dir,
+        args.val_split,
+        args.batch_size,
+        args.crop_size,
+        False,
+        **common,
+    )
+    steps = args.steps_per_epoch or len(train_pairs) // args.batch_size
+    return train_ds, val_ds, steps
+
+
+# --------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------
+
+
+def make_optimizer(
+    args: argparse.Namespace, total_steps: int
+) -> keras.optimizers.Optimizer:
+    """SGD with momentum or Adam, with the poly schedule of DeepLab (power 0.9)."""
+    learning_rate = args.learning_rate
+    if args.lr_schedule == "poly":
+        learning_rate = keras.optimizers.schedules.PolynomialDecay(
+            args.learning_rate,
+            decay_steps=total_steps,
+            end_learning_rate=0.0,
+            power=0.9,
+        )
+    weight_decay = args.weight_decay or None
+    if args.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate, momentum=args.momentum, weight_decay=weight_decay
+        )
+    return keras.optimizers.Adam(learning_rate, weight_decay=weight_decay)
+
+
+class IoUReport(keras.callbacks.Callback):
+    """After each validation, print per-class IoU and log pixel accuracy.
+
+    A high pixel accuracy with every object class at 0% IoU means the model
+    predicts background everywhere; the table makes that impossible to miss.
+    """
+
+    def __init__(self, metric: ConfusionMatrix, class_names: Sequence[str]):
+        super().__init__()
+        self.metric = metric
+        self.class_names = class_names
+
+    def on_epoch_end(self, epoch, logs=None):
+        matrix = self.metric.matrix.numpy()  # Holds the validation counts now.
+        print(
+            f"\nValidation after epoch {epoch + 1}:\n"
+            f"{iou_table(matrix, self.class_names)}"
+        )
+        if logs is not None:
+            logs["val_pixel_accuracy"] = float(pixel_accuracy(matrix))
+
+
+def _best_so_far(history_path: str) -> float | None:
+    """Best validation mean IoU already in a resumed run's history, if any."""
+    if not os.path.isfile(history_path):
+        return None
+    with open(history_path) as f:
+        values = [float(row["val_mean_iou"]) for row in csv.DictReader(f)]
+    return max(values) if values else None
+
+
+def make_callbacks(
+    output_dir: str, metric: ConfusionMatrix, class_names: Sequence[str]
+) -> list[keras.callbacks.Callback]:
+    history_path = os.path.join(output_dir, "history.csv")
+    return [
+        IoUReport(metric, class_names),  # First: adds val_pixel_accuracy to the logs.
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(output_dir, "best.keras"),
+            monitor="val_mean_iou",
+            mode="max",
+            save_best_only=True,
+            initial_value_threshold=_best_so_far(history_path),
+        ),
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Fit, evaluate, report
+# --------------------------------------------------------------------------
+
+
+def set_up(args: argparse.Namespace, script: str) -> None:
+    """Seed everything and pick the output folder; print where results will go."""
+    keras.utils.set_random_seed(args.seed)
+    args.output_dir = args.output_dir or default_output_dir(script, args.dataset)
+    resuming = os.path.isdir(os.path.join(args.output_dir, "backup"))
+    os.makedirs(args.output_dir, exist_ok=True)
+    print(
+        f"{'Resuming' if resuming else 'Writing'} run in {args.output_dir}"
+        + (
+            ""
+            if resuming
+            else f" (rerun with --output-dir {args.output_dir} to resume)"
+        )
+    )
+
+
+def _raise_data_error(error: tf.errors.OpError, args: argparse.Namespace):
+    """Re-raise a TensorFlow error from the input pipeline as a `DatasetError`."""
+    raise voc.DatasetError(
+        f"While reading the data: {voc.tf_error_message(error)}\n"
+        "To check every file, run: "
+        f"python -m common.voc verify {args.data_dir or '<data-dir>'} --split "
+        f"{args.train_split}"
+    ) from None
+
+
+def fit_and_evaluate(
+    model: keras.Model,
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    steps_per_epoch: int,
+) -> dict:
+    """Compile, train with the shared callbacks, score the best model, write outputs."""
+    metric = ConfusionMatrix(dataset.num_classes)
+    model.compile(
+        optimizer=make_optimizer(args, args.epochs * steps_per_epoch),
+        loss=segmentation_loss(),
+        metrics=[metric],
+    )
+    print(
+        f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
+        f"of {args.batch_size} images per epoch"
+    )
+    try:
+        history = model.fit(
+            train_ds,
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=args.val_steps,
+            callbacks=make_callbacks(args.output_dir, metric, dataset.class_names),
+        )
+        best_path = os.path.join(args.output_dir, "best.keras")
+        if os.path.isfile(best_path):
+            model.load_weights(best_path)
+        evaluation = model.evaluate(val_ds, steps=args.val_steps, return_dict=True)
+    except tf.errors.InvalidArgumentError as error:
+        _raise_data_error(error, args)
+    matrix = metric.matrix.numpy()
+    print(
+        f"\nBest model on {args.val_split}:\n{iou_table(matrix, dataset.class_names)}"
+    )
+    results = _results(matrix, dataset, args, evaluation, history)
+    _write_outputs(model, args, dataset, val_ds, results)
+    return results
+
+
+def _results(matrix, dataset, args, evaluation, history) -> dict:
+    ious = per_class_iou(matrix).numpy()
+    train_losses = history.history.get("loss", [])
+    return {
+        "mean_iou": float(mean_iou(matrix)),
+        "pixel_accuracy": float(pixel_accuracy(matrix)),
+        "per_class_iou": {
+            name: None if np.isnan(iou) else float(iou)
+            for name, iou in zip(dataset.class_names, ious)
+        },
+        "val_loss": float(evaluation["loss"]),
+        "epochs": args.epochs,
+        "epochs_this_run": len(train_losses),
+        "final_train_loss": float(train_losses[-1]) if train_losses else None,
+        "confusion_matrix": matrix.tolist(),
+        "argv": args.argv,
+    }
+
+
+def _write_outputs(model, args, dataset, val_ds, results) -> None:
+    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plots.plot_history(
+        os.path.join(args.output_dir, "history.csv"),
+        os.path.join(args.output_dir, "curves.png"),
+    )
+    _plot_validation_predictions(model, args, dataset, val_ds)
+    print(
+        f"\nmean IoU {results['mean_iou']:.4f}, pixel accuracy "
+        f"{results['pixel_accuracy']:.4f}; outputs in {args.output_dir}"
+    )
+
+
+def _plot_validation_predictions(model, args, dataset, val_ds) -> None:
+    """Predict the first validation images and crop the padding off again."""
+    count = args.num_predictions
+    if count <= 0:
+        return
+    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)[:count]
+    sizes = voc.image_sizes(pairs)
+    batch_images, batch_masks = [], []
+    for images, masks in val_ds.unbatch().take(len(sizes)).batch(len(sizes)):
+        batch_images, batch_masks = images.numpy(), masks.numpy()
+    predictions = np.argmax(model.predict(batch_images, verbose=0), axis=-1)
+    margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2
+    crops = [(slice(0, h), slice(0, w)) for h, w in sizes]
+    plots.plot_predictions(
+        [
+            image[margin : margin + h, margin : margin + w]
+            for image, (h, w) in zip(batch_images, sizes)
+        ],
+        [mask[crop] for mask, crop in zip(batch_masks, crops)],
+        [prediction[crop] for prediction, crop in zip(predictions, crops)],
+        dataset.class_names,
+        os.path.join(args.output_dir, "predictions.png"),
+        title=f"{model.name} on {args.dataset} {args.val_split}",
+    )
+
+
+def run_cli(main: Callable[[], dict]) -> None:
+    """Run a script's `main`; a data problem prints one clear line, no traceback."""
+    try:
+        main()
+    except voc.DatasetError as error:
+        raise SystemExit(f"error: {error}") from None

@@ -1,0 +1,591 @@
+"""Reading PASCAL VOC 2012 (and datasets laid out like it) into `tf.data`.
+
+A VOC segmentation label is a *palette* PNG: every pixel stores an index into a
+256-colour table, and the index is the class (0 = background, 1..20 = the
+objects, 255 = "void": object borders and difficult regions). TensorFlow's PNG
+decoder expands the palette to RGB, so `decode_mask` maps every colour back to
+its index with an exact lookup. Nothing here ever guesses a class from a colour
+that is not in the table.
+
+Images leave the pipeline as float32 RGB in **[0, 255]**; every model of this
+project normalises inside the model (its first layers), so `model.predict` on a
+raw image sees exactly what training saw.
+
+    python -m common.voc verify data/VOCdevkit/VOC2012 --split train
+
+checks a whole dataset and prints the class pixel frequencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from common import augment
+from common.augment import IGNORE_LABEL  # 255 = void: never trained, never scored.
+
+VOC_CLASSES = (
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+DOWNLOAD_HINT = (
+    "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, point --data-dir "
+    "at the folder that holds JPEGImages/, or try the built-in data with "
+    "--dataset shapes."
+)
+
+
+class DatasetError(ValueError):
+    """A problem with the data on disk; the message names the file or folder."""
+
+
+def voc_colormap(num_colors: int = 256) -> np.ndarray:
+    """Return the VOC palette: colour i spreads the bits of i over R, G and B.
+
+    Bit 0 of the index goes to the top bit of red, bit 1 to green, bit 2 to
+    blue, then bits 3-5 to the next-lower bits, and so on (VOCdevkit's
+    `labelcolormap.m`). Index 255 comes out as (224, 224, 192), the border colour.
+    """
+    colormap = np.zeros((num_colors, 3), dtype=np.uint8)
+    for index in range(num_colors):
+        value, color = index, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                color[channel] |= ((value >> channel) & 1) << shift
+            value >>= 3
+        colormap[index] = color
+    return colormap
+
+
+VOC_COLORMAP = tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(21))
+VOID_COLOR = tuple(int(c) for c in voc_colormap()[IGNORE_LABEL])
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a training script needs to know about a dataset besides its files."""
+
+    data_dir: str
+    layout: str  # "voc", "camvid" or "folder"
+    class_names: tuple[str, ...]
+    ignore_index: int = IGNORE_LABEL
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# --------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------
+
+
+def _rgb_codes(colors: tf.Tensor) -> tf.Tensor:
+    """Pack (..., 3) uint8 colours into one int32 per colour: R*65536 + G*256 + B."""
+    colors = tf.cast(colors, tf.int32)
+    return colors[..., 0] * 65536 + colors[..., 1] * 256 + colors[..., 2]
+
+
+def _palette_to_indices(rgb: tf.Tensor, filename: tf.Tensor | str) -> tf.Tensor:
+    """Map every pixel's colour to its VOC class index, exactly, or fail."""
+    palette = np.array(list(VOC_COLORMAP) + [VOID_COLOR], np.int32)
+    codes = palette[:, 0] * 65536 + palette[:, 1] * 256 + palette[:, 2]
+    indices = tf.constant(list(range(len(VOC_COLORMAP))) + [IGNORE_LABEL], tf.uint8)
+    matches = tf.equal(_rgb_codes(rgb)[..., None], codes)  # (H, W, 22)
+    known = tf.reduce_any(matches, axis=-1)
+    first_unknown = tf.boolean_mask(rgb, tf.logical_not(known))[:1]
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        [
+            "Mask",
+            filename,
+            "has a colour that is not in the VOC palette, RGB =",
+            first_unknown,
+            ". Save masks as VOC palette PNGs or as single-channel class-index PNGs.",
+        ],
+        summarize=3,
+    )
+    with tf.control_dependencies([check]):
+        return tf.gather(indices, tf.argmax(matches, axis=-1, output_type=tf.int32))
+
+
+def decode_mask(
+    png_bytes: tf.Tensor, filename: tf.Tensor | str = "<mask>"
+) -> tf.Tensor:
+    """Decode a segmentation PNG to class indices, `(H, W)` uint8.
+
+    Two kinds of file are exact:
+    - VOC `SegmentationClass` palette PNGs. `tf.io.decode_png` expands the
+      palette to RGB, so each colour is looked up in `VOC_COLORMAP` (and the
+      border colour (224, 224, 192) becomes 255). An unknown colour is an error
+      naming `filename`, never a silent background.
+    - Single-channel index PNGs (SegmentationClassAug, CamVid, your own masks):
+      the grey value is the class index.
+    Graph-compatible, so it runs inside `Dataset.map`.
+    """
+    decoded = tf.io.decode_png(png_bytes, channels=0)  # palette -> RGB(A)
+    is_index_png = tf.shape(decoded)[-1] <= 2  # grey, or grey + alpha
+    return tf.cond(
+        is_index_png,
+        lambda: decoded[..., 0],
+        lambda: _palette_to_indices(decoded[..., :3], filename),
+    )
+
+
+def _check_labels(
+    mask: tf.Tensor, image: tf.Tensor, mask_path: tf.Tensor, num_classes: int
+) -> tf.Tensor:
+    """Fail, naming the file, on a size mismatch or an out-of-range class index."""
+    in_range = tf.logical_or(mask < num_classes, tf.equal(mask, IGNORE_LABEL))
+    checks = [
+        tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(mask), tf.shape(image)[:2])),
+            [
+                "Mask",
+                mask_path,
+                "has size",
+                tf.shape(mask),
+                "but its image has",
+                tf.shape(image)[:2],
+            ],
+        ),
+        tf.debugging.Assert(
+            tf.reduce_all(in_range),
+            [
+                "Mask",
+                mask_path,
+                "holds class index",
+                tf.reduce_max(tf.boolean_mask(mask, tf.logical_not(in_range))),
+                f"outside 0..{num_classes - 1} and not {IGNORE_LABEL} (void). Check "
+                "--num-classes and --ignore-index.",
+            ],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(mask)
+
+
+def load_pair(
+    image_path: tf.Tensor,
+    mask_path: tf.Tensor,
+    num_classes: int,
+    ignore_index: int = IGNORE_LABEL,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Read one example: image `(H, W, 3)` uint8 RGB, mask `(H, W)` uint8 indices.
+
+    `ignore_index` is the dataset's own void value (CamVid uses 11); it is
+    remapped to `IGNORE_LABEL` (255) so that the rest of the project only ever
+    sees 255.
+    """
+    image = tf.io.decode_image(
+        tf.io.read_file(image_path), channels=3, expand_animations=False
+    )
+    mask = decode_mask(tf.io.read_file(mask_path), mask_path)
+    if ignore_index != IGNORE_LABEL:
+        mask = tf.where(mask == ignore_index, tf.constant(IGNORE_LABEL, tf.uint8), mask)
+    return image, _check_labels(mask, image, mask_path, num_classes)
+
+
+# --------------------------------------------------------------------------
+# Finding the files
+# --------------------------------------------------------------------------
+
+
+def detect_layout(data_dir: str) -> str:
+    """Return "voc", "camvid" or "folder" from the sub-folders of `data_dir`."""
+    if not os.path.isdir(data_dir):
+        raise DatasetError(
+            f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}"
+        )
+    entries = set(os.listdir(data_dir))
+    if "ImageSets" in entries and "JPEGImages" in entries:
+        return "voc"
+    if "trainannot" in entries:
+        return "camvid"
+    if any(os.path.isdir(os.path.join(data_dir, e, "masks")) for e in entries):
+        return "folder"
+    raise DatasetError(
+        f"{data_dir!r} is not a dataset folder this project knows. Expected one of: "
+        "VOC (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/), CamVid "
+        "(train/, trainannot/, val/, valannot/) or SPLIT/images/ + SPLIT/masks/. "
+        + DOWNLOAD_HINT
+    )
+
+
+def _voc_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
+    split_file = os.path.join(data_dir, "ImageSets", "Segmentation", f"{split}.txt")
+    if not os.path.isfile(split_file):
+        raise DatasetError(
+            f"Split file {split_file!r} does not exist (splits are train, val, "
+            "trainval; train_aug needs SBD)."
+        )
+    with open(split_file) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    # SBD's extra masks (train_aug) are single-channel index PNGs in their own folder.
+    mask_dir = "SegmentationClassAug" if split == "train_aug" else "SegmentationClass"
+    return [
+        (
+            os.path.join(data_dir, "JPEGImages", f"{image_id}.jpg"),
+            os.path.join(data_dir, mask_dir, f"{image_id}.png"),
+        )
+        for image_id in ids
+    ]
+
+
+def _stem_pairs(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
+    """Pair `image_dir/NAME.jpg|png` with `mask_dir/NAME.png` (CamVid, folders)."""
+    for folder in (image_dir, mask_dir):
+        if not os.path.isdir(folder):
+            raise DatasetError(f"Folder {folder!r} does not exist.")
+    names = sorted(
+        n for n in os.listdir(image_dir) if n.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    return [
+        (
+            os.path.join(image_dir, n),
+            os.path.join(mask_dir, os.path.splitext(n)[0] + ".png"),
+        )
+        for n in names
+    ]
+
+
+def list_pairs(
+    data_dir: str, split: str, layout: str = "auto"
+) -> list[tuple[str, str]]:
+    """Return `(image_path, mask_path)` for every example of `split`.
+
+    Layouts: "voc" (ImageSets/Segmentation/SPLIT.txt), "camvid" (SPLIT/ and
+    SPLITannot/, as in the SegNet tutorial) and "folder" (SPLIT/images/ and
+    SPLIT/masks/ with the same file stems). Every listed file must exist.
+    """
+    layout = detect_layout(data_dir) if layout == "auto" else layout
+    if layout == "voc":
+        pairs = _voc_pairs(data_dir, split)
+    elif layout == "camvid":
+        pairs = _stem_pairs(
+            os.path.join(data_dir, split), os.path.join(data_dir, f"{split}annot")
+        )
+    elif layout == "folder":
+        split_dir = os.path.join(data_dir, split)
+        pairs = _stem_pairs(
+            os.path.join(split_dir, "images"), os.path.join(split_dir, "masks")
+        )
+    else:
+        raise DatasetError(
+            f"Unknown layout {layout!r}: use auto, voc, camvid or folder."
+        )
+    if not pairs:
+        raise DatasetError(f"Split {split!r} of {data_dir!r} has no images.")
+    for image_path, mask_path in pairs:
+        for path in (image_path, mask_path):
+            if not os.path.isfile(path):
+                raise DatasetError(
+                    f"{path!r} (listed in split {split!r}) does not exist."
+                )
+    return pairs
+
+
+def image_sizes(pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
+    """Read `(height, width)` of every pair from the file headers, checking both agree.
+
+    PIL reads only the header, so this costs about a millisecond a file and
+    catches unreadable files and size mismatches before TensorFlow runs.
+    """
+    sizes = []
+    for image_path, mask_path in pairs:
+        try:
+            with Image.open(image_path) as image, Image.open(mask_path) as mask:
+                image_size, mask_size = image.size, mask.size
+        except OSError as error:
+            raise DatasetError(
+                f"Cannot read {error.filename or image_path!r}: {error}"
+            ) from None
+        if image_size != mask_size:
+            raise DatasetError(
+                f"Mask {mask_path!r} is {mask_size[0]}x{mask_size[1]} but image "
+                f"{image_path!r} is {image_size[0]}x{image_size[1]} (width x height)."
+            )
+        sizes.append((image_size[1], image_size[0]))
+    return sizes
+
+
+# --------------------------------------------------------------------------
+# The tf.data pipeline
+# --------------------------------------------------------------------------
+
+
+def round_up(size: int, multiple: int = 32) -> int:
+    """Smallest multiple of `multiple` that is >= `size`."""
+    return -(-size // multiple) * multiple
+
+
+def make_dataset(
+    data_dir: str,
+    split: str,
+    batch_size: int,
+    crop_size: int,
+    training: bool,
+    *,
+    layout: str = "auto",
+    num_classes: int = len(VOC_CLASSES),
+    ignore_index: int = IGNORE_LABEL,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    valid_input_size: Callable[[int], int] = round_up,
+    label_margin: int = 0,
+    class_weights: Sequence[float] | None = None,
+    max_images: int | None = None,
+    cache: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Return a dataset of `(images, masks)` or `(images, masks, pixel_weights)`.
+
+    images: float32 `(B, H, W, 3)`, RGB in [0, 255]. masks: int32 `(B, h, w)`,
+    class indices with 255 = void kept (the loss and metrics ignore it).
+
+    Training (`training=True`): shuffled with `seed`, repeated forever (pass
+    `steps_per_epoch` to `fit`), and each example goes through the joint
+    random scale / pad / crop / flip of `common.augment` to `crop_size`
+    (DeepLab's recipe). Batches are full (`drop_remainder`) because a batch of
+    one breaks batch norm.
+
+    Evaluation (`training=False`): every pixel of every image is scored at its
+    original resolution. All images are padded at the bottom and right to one
+    fixed size (the largest image of the split, rounded up by
+    `valid_input_size`), the image with the dataset mean and the mask with 255,
+    so the padding is never scored and one compiled graph serves the whole split.
+
+    `label_margin` is for networks whose output is smaller than their input
+    (U-Net with valid convolutions): masks are centre-cropped by that many
+    pixels per side in training, and in evaluation the image is mirrored
+    outwards by the margin (the paper's overlap-tile strategy, Fig. 2) so that
+    the output still covers every pixel. `class_weights` adds a third element,
+    one weight per pixel (0 on void), for class-balanced losses.
+    """
+    pairs = list_pairs(data_dir, split, layout)[:max_images]
+    sizes = image_sizes(pairs)
+    image_paths, mask_paths = (list(column) for column in zip(*pairs))
+    files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+
+    def load(image_path, mask_path):
+        return load_pair(image_path, mask_path, num_classes, ignore_index)
+
+    if training:
+        _check_crop_size(crop_size, valid_input_size)
+        dataset = _training_examples(files, load, cache, seed)
+        dataset = dataset.map(
+            lambda example, seeds: augment.random_scale_crop_flip(
+                *example, crop_size, scale_range, seeds
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if label_margin:
+            dataset = dataset.map(
+                lambda image, mask: (image, augment.center_crop(mask, label_margin)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+    else:
+        dataset = files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        if cache:
+            dataset = dataset.cache()
+        input_size = _eval_input_size(sizes, valid_input_size, label_margin)
+        dataset = dataset.map(
+            lambda image, mask: augment.pad_for_evaluation(
+                image, mask, input_size, label_margin
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    dataset = dataset.map(
+        lambda image, mask: (image, tf.cast(mask, tf.int32)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if class_weights is not None:
+        dataset = dataset.map(
+            _add_pixel_weights(class_weights), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_crop_size(crop_size: int, valid_input_size: Callable[[int], int]) -> None:
+    if valid_input_size(crop_size) != crop_size:
+        raise ValueError(
+            f"--crop-size {crop_size} is not an input size this network accepts; "
+            f"use {valid_input_size(crop_size)}."
+        )
+
+
+def _training_examples(files, load, cache: bool, seed: int) -> tf.data.Dataset:
+    """Decoded, shuffled, endless examples, each zipped with its own random seed.
+
+    Per-example seeds from `Dataset.random` drive stateless random ops, so the
+    augmentation is repeatable with `--seed` even with parallel map calls.
+    """
+    count = int(files.cardinality())
+    if cache:  # Decode once, keep in memory, then shuffle the decoded examples.
+        examples = files.map(load, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        examples = examples.shuffle(count, seed=seed).repeat()
+    else:  # Shuffle the file names (cheap), then decode.
+        examples = files.shuffle(count, seed=seed).repeat()
+        examples = examples.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    return tf.data.Dataset.zip((examples, seeds))
+
+
+def _eval_input_size(
+    sizes: Sequence[tuple[int, int]],
+    valid_input_size: Callable[[int], int],
+    label_margin: int,
+) -> tuple[int, int]:
+    smallest = min(min(size) for size in sizes)
+    if label_margin and smallest <= label_margin:
+        raise DatasetError(
+            f"An image of this split is only {smallest} px on one side; mirroring "
+            f"it by the network's {label_margin}-px margin needs more than that."
+        )
+    max_height = max(height for height, _ in sizes)
+    max_width = max(width for _, width in sizes)
+    return (
+        valid_input_size(max_height + 2 * label_margin),
+        valid_input_size(max_width + 2 * label_margin),
+    )
+
+
+def _add_pixel_weights(class_weights: Sequence[float]):
+    """Map `(image, mask)` to `(image, mask, weights)`: weight of each pixel's class."""
+    table = np.zeros(256, np.float32)  # Void (255) and unused values weigh 0.
+    table[: len(class_weights)] = class_weights
+    table = tf.constant(table)
+
+    def add(image, mask):
+        return image, mask, tf.gather(table, mask)
+
+    return add
+
+
+# --------------------------------------------------------------------------
+# Whole-dataset checks and statistics
+# --------------------------------------------------------------------------
+
+
+def class_pixel_counts(
+    pairs: Sequence[tuple[str, str]],
+    num_classes: int,
+    ignore_index: int = IGNORE_LABEL,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode every mask of `pairs` (checking it) and count pixels per class.
+
+    Returns two int64 `(num_classes,)` arrays: the pixels of each class, and the
+    non-void pixels of the images in which that class occurs (the denominator
+    of SegNet's median-frequency balancing). Void is never counted. Errors name
+    the file, as in training.
+    """
+    counts = np.zeros(num_classes, np.int64)
+    present_pixels = np.zeros(num_classes, np.int64)
+    for image_path, mask_path in pairs:
+        try:
+            _, mask = load_pair(image_path, mask_path, num_classes, ignore_index)
+        except tf.errors.InvalidArgumentError as error:
+            raise DatasetError(
+                f"{image_path} / {mask_path}: {tf_error_message(error)}"
+            ) from None
+        values = mask.numpy().ravel()
+        values = values[values != IGNORE_LABEL]
+        image_counts = np.bincount(values, minlength=num_classes)[:num_classes]
+        counts += image_counts
+        present_pixels += (image_counts > 0) * values.size
+    return counts, present_pixels
+
+
+def tf_error_message(error: tf.errors.OpError) -> str:
+    """The part of a TensorFlow error that our own checks wrote."""
+    message = error.message
+    marker = "assertion failed:"
+    if marker in message:
+        message = message.split(marker, 1)[1]
+    return " ".join(message.replace("[", " ").replace("]", " ").split())
+
+
+def verify(
+    data_dir: str,
+    split: str,
+    num_classes: int,
+    class_names: Sequence[str],
+    layout: str = "auto",
+    ignore_index: int = IGNORE_LABEL,
+) -> np.ndarray:
+    """Check every file of a split and print class pixel frequencies."""
+    pairs = list_pairs(data_dir, split, layout)
+    image_sizes(pairs)
+    counts, _ = class_pixel_counts(pairs, num_classes, ignore_index)
+    total = max(int(counts.sum()), 1)
+    print(f"{split}: {len(pairs)} images, all readable, sizes and labels valid.")
+    print(f"{'class':<16}{'pixels':>14}{'share':>9}")
+    for name, count in zip(class_names, counts):
+        print(f"{name:<16}{count:>14,}{count / total:>9.2%}")
+    return counts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m common.voc", description="Check a segmentation dataset."
+    )
+    parser.add_argument("command", choices=["verify"], help="what to do")
+    parser.add_argument("data_dir", help="dataset folder (e.g. data/VOCdevkit/VOC2012)")
+    parser.add_argument(
+        "--split", default="train", help="split to check (default: train)"
+    )
+    parser.add_argument(
+        "--num-classes", type=int, default=len(VOC_CLASSES), help="default: 21 (VOC)"
+    )
+    parser.add_argument(
+        "--ignore-index",
+        type=int,
+        default=IGNORE_LABEL,
+        help="void value (default 255)",
+    )
+    args = parser.parse_args(argv)
+    names = (
+        VOC_CLASSES
+        if args.num_classes == len(VOC_CLASSES)
+        else [f"class_{i}" for i in range(args.num_classes)]
+    )
+    try:
+        verify(
+            args.data_dir,
+            args.split,
+            args.num_classes,
+            names,
+            ignore_index=args.ignore_index,
+        )
+    except DatasetError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

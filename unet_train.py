@@ -1,0 +1,183 @@
+"""Train a U-Net on PASCAL VOC 2012 (or the built-in `shapes`, or your own masks).
+
+    bash data/voc_download.sh
+    python unet_train.py --epochs 50
+    python unet_train.py --dataset shapes --epochs 12 --filters 16 32 64 128   # demo
+    python unet_train.py --padding valid --no-batch-norm          # the paper's network
+
+U-Net (Ronneberger, Fischer and Brox, MICCAI 2015, https://arxiv.org/abs/1505.04597)
+is an encoder-decoder: a contracting path that doubles the channels at each of
+four 2x2 max-poolings, and an expansive path that undoes each pooling with a
+2x2 "up-convolution", halves the channels, and concatenates the encoder's
+feature map of the same level ("copy and crop"), so fine detail skips past the
+bottleneck.
+
+The paper uses unpadded ("valid") 3x3 convolutions, so the output is smaller
+than the input (572x572 in, 388x388 out) and skips must be cropped. That is
+`--padding valid`; its labels are centre-cropped to the output in training, and
+evaluation mirrors each image outwards by the 92-pixel margin (the paper's
+overlap-tile strategy) so that every pixel is still scored. The default,
+`--padding same`, keeps input and output the same size, which suits VOC's
+varied image sizes. Batch norm (not in the 2015 paper) is on by default and
+`--no-batch-norm` gives the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from common import training, voc
+from common.layers import CenterCropToMatch, conv_bn_relu
+
+PAPER_FILTERS = (64, 128, 256, 512)
+
+
+def double_conv(x, filters: int, padding: str, batch_norm: bool, name: str):
+    """Two 3x3 convolutions, each followed by ReLU (Fig. 1's pair of blue arrows)."""
+    x = conv_bn_relu(
+        x, filters, padding=padding, batch_norm=batch_norm, name=f"{name}_conv1"
+    )
+    return conv_bn_relu(
+        x, filters, padding=padding, batch_norm=batch_norm, name=f"{name}_conv2"
+    )
+
+
+def build_unet(
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    padding: str = "same",
+    batch_norm: bool = True,
+    filters: Sequence[int] = PAPER_FILTERS,
+) -> keras.Model:
+    """Return the U-Net of Fig. 1, mapping images in [0, 255] to per-pixel logits.
+
+    `filters` are the channels of the contracting levels; the bottleneck has
+    twice the last (1024 in the paper). With `padding="valid"` the output is
+    smaller than the input by `2 * label_margin(len(filters))` pixels.
+    """
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same' or 'valid', not {padding!r}")
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+
+    skips = []
+    for level, level_filters in enumerate(filters, start=1):  # contracting path
+        x = double_conv(x, level_filters, padding, batch_norm, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool")(x)  # (b, h/2^level, ...)
+
+    x = double_conv(x, 2 * filters[-1], padding, batch_norm, "bottleneck")
+
+    for level in range(len(filters), 0, -1):  # expansive path
+        level_filters = filters[level - 1]
+        # 2x2 up-convolution that halves the number of feature channels.
+        x = layers.Conv2DTranspose(
+            level_filters, 2, strides=2, name=f"up{level}_upconv"
+        )(x)
+        skip = CenterCropToMatch(name=f"up{level}_crop")([skips[level - 1], x])
+        x = layers.Concatenate(name=f"up{level}_concat")([skip, x])
+        x = double_conv(x, level_filters, padding, batch_norm, f"up{level}")
+
+    # Logits stay float32 even under a mixed-precision policy.
+    logits = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name="unet")
+
+
+def valid_output_size(input_size: int, depth: int = 4) -> int | None:
+    """Output size of the valid-padding U-Net, or None if `input_size` does not fit.
+
+    Each level loses 4 pixels to its two 3x3 convolutions, and every 2x2
+    pooling needs an even size (Sec. 3: "select the input tile size such that
+    all 2x2 max-pooling operations are applied to a layer with an even x- and
+    y-size"). 572 -> 388 for the paper's depth of 4.
+    """
+    size = input_size
+    for _ in range(depth):
+        size -= 4
+        if size <= 0 or size % 2:
+            return None
+        size //= 2
+    size -= 4  # bottleneck
+    for _ in range(depth):
+        size = 2 * size - 4
+    return size if size > 0 else None
+
+
+def valid_input_size(min_size: int, depth: int = 4) -> int:
+    """Smallest input >= `min_size` that the valid-padding U-Net accepts."""
+    size = min_size
+    while valid_output_size(size, depth) is None:
+        size += 1
+    return size
+
+
+def label_margin(depth: int = 4) -> int:
+    """Pixels the valid-padding U-Net loses on each side: 92 for depth 4."""
+    size = valid_input_size(8 * 2**depth, depth)
+    return (size - valid_output_size(size, depth)) // 2
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train U-Net (Ronneberger et al. 2015) for semantic segmentation.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--padding",
+        choices=["same", "valid"],
+        default="same",
+        help="valid: the paper's unpadded convolutions with copy-and-crop (output "
+        "smaller than input); same: output the size of the input "
+        "(default: %(default)s)",
+    )
+    model.add_argument(
+        "--batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch norm after every convolution (--no-batch-norm: the 2015 paper)",
+    )
+    model.add_argument(
+        "--filters",
+        type=int,
+        nargs="+",
+        default=list(PAPER_FILTERS),
+        help="channels of each contracting level; the bottleneck has twice the last "
+        "(default: 64 128 256 512 as in the paper; 16 32 64 128 for a quick CPU run)",
+    )
+    training.add_common_args(parser)
+    args = training.parse_known(parser, argv)
+    if args.crop_size is None:  # The paper's 572 tile for valid, else VOC-sized.
+        args.crop_size = 572 if args.padding == "valid" else 256
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    training.set_up(args, "unet")
+    dataset = training.resolve_dataset(args)
+
+    depth = len(args.filters)
+    if args.padding == "valid":
+        geometry = dict(
+            valid_input_size=lambda size: valid_input_size(size, depth),
+            label_margin=label_margin(depth),
+        )
+    else:
+        geometry = dict(valid_input_size=lambda size: voc.round_up(size, 2**depth))
+    train_ds, val_ds, steps = training.make_datasets(args, dataset, **geometry)
+
+    model = build_unet(
+        dataset.num_classes,
+        padding=args.padding,
+        batch_norm=args.batch_norm,
+        filters=args.filters,
+    )
+    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+
+
+if __name__ == "__main__":
+    training.run_cli(main)
