@@ -121,7 +121,7 @@ def label_margin(depth: int = 4) -> int:
     return (size - valid_output_size(size, depth)) // 2
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train U-Net (Ronneberger et al. 2015) for semantic segmentation.",
     )
@@ -149,7 +149,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: 64 128 256 512 as in the paper; 16 32 64 128 for a quick CPU run)",
     )
     training.add_common_args(parser)
-    args = training.parse_known(parser, argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = training.parse_known(make_parser(), argv)
     if args.crop_size is None:  # The paper's 572 tile for valid, else VOC-sized.
         args.crop_size = 572 if args.padding == "valid" else 256
     return args

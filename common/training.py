@@ -368,12 +368,14 @@ def fit_and_evaluate(
     try:
         history = model.fit(
             train_ds,
+            shuffle=False,  # The pipeline shuffles; Keras cannot shuffle a Dataset.
             epochs=args.epochs,
             steps_per_epoch=steps_per_epoch,
             validation_data=val_ds,
             validation_steps=args.val_steps,
             callbacks=make_callbacks(args.output_dir, metric, dataset.class_names),
         )
+        steps_done = int(model.optimizer.iterations.numpy())  # Before loading best.
         best_path = os.path.join(args.output_dir, "best.keras")
         if os.path.isfile(best_path):
             model.load_weights(best_path)
@@ -385,6 +387,7 @@ def fit_and_evaluate(
         f"\nBest model on {args.val_split}:\n{iou_table(matrix, dataset.class_names)}"
     )
     results = _results(matrix, dataset, args, evaluation, history)
+    results["optimizer_steps"] = steps_done
     _write_outputs(model, args, dataset, val_ds, results)
     return results
 

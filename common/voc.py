@@ -62,7 +62,8 @@ DOWNLOAD_HINT = (
 
 
 class DatasetError(ValueError):
-    """A problem with the data on disk; the message names the file or folder."""
+    """Bad data on disk or a data flag that cannot work; the message names the
+    file, folder or flag and says what to do."""
 
 
 def voc_colormap(num_colors: int = 256) -> np.ndarray:
@@ -284,6 +285,8 @@ def list_pairs(
     SPLITannot/, as in the SegNet tutorial) and "folder" (SPLIT/images/ and
     SPLIT/masks/ with the same file stems). Every listed file must exist.
     """
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}")
     layout = detect_layout(data_dir) if layout == "auto" else layout
     if layout == "voc":
         pairs = _voc_pairs(data_dir, split)
@@ -434,7 +437,7 @@ def make_dataset(
 
 def _check_crop_size(crop_size: int, valid_input_size: Callable[[int], int]) -> None:
     if valid_input_size(crop_size) != crop_size:
-        raise ValueError(
+        raise DatasetError(
             f"--crop-size {crop_size} is not an input size this network accepts; "
             f"use {valid_input_size(crop_size)}."
         )

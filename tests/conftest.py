@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from common import shapes
+from common.voc import voc_colormap
 
 VOC_SAMPLE = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "voc_sample", "VOC2012"
@@ -27,3 +30,33 @@ def voc_sample_dir() -> str:
     if not os.path.isdir(VOC_SAMPLE):
         pytest.skip("../shared/data/voc_sample is not present")
     return VOC_SAMPLE
+
+
+def _save_palette_png(path: str, mask: np.ndarray) -> None:
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    image.putpalette(voc_colormap().ravel().tolist())
+    image.save(path)
+
+
+@pytest.fixture()
+def write_voc(tmp_path):
+    """Return `write(splits) -> data_dir` that lays out a VOC folder in tmp_path.
+
+    `splits` maps split name -> {image_id: (image uint8 (H, W, 3), mask (H, W))}.
+    Images are written losslessly (PNG bytes under the .jpg name; both
+    TensorFlow and PIL read by content), so tests can compare pixels exactly.
+    """
+
+    def write(splits: dict) -> str:
+        root = tmp_path / "VOC2012"
+        for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+        for split, examples in splits.items():
+            for image_id, (image, mask) in examples.items():
+                Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", "PNG")
+                _save_palette_png(str(root / "SegmentationClass" / f"{image_id}.png"), mask)
+            split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+            split_file.write_text("\n".join(examples) + "\n")
+        return str(root)
+
+    return write

@@ -1,0 +1,77 @@
+"""Confusion-matrix metrics and the loss, against numbers worked out by hand."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.losses import median_frequency_weights, segmentation_loss
+from common.metrics import (
+    ConfusionMatrix,
+    iou_table,
+    mean_iou,
+    per_class_iou,
+    pixel_accuracy,
+)
+
+V = 255  # void
+LABELS = np.array([[0, 0, 1, 1], [2, 2, V, V]])
+PREDICTED = np.array([[0, 1, 1, 1], [2, 0, 0, 2]])
+# Scored pixels (void skipped): gt 0 -> {0, 1}; gt 1 -> {1, 1}; gt 2 -> {2, 0}.
+# Confusion matrix (rows = truth): [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+# IoU: class 0 = 1 / (2 + 2 - 1) = 1/3; class 1 = 2 / (2 + 3 - 2) = 2/3;
+#      class 2 = 1 / (2 + 1 - 1) = 1/2; mean = 1/2. Pixel accuracy = 4/6.
+EXPECTED_MATRIX = [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def one_hot_logits(predicted, num_classes):
+    return tf.one_hot(predicted, num_classes) * 5.0
+
+
+def test_confusion_matrix_metric_matches_hand_count():
+    metric = ConfusionMatrix(num_classes=3)
+    # Two half-batches: the metric must accumulate across updates.
+    metric.update_state(LABELS[:1], one_hot_logits(PREDICTED[:1], 3))
+    metric.update_state(LABELS[1:], one_hot_logits(PREDICTED[1:], 3))
+    matrix = metric.matrix.numpy()
+
+    np.testing.assert_array_equal(matrix, EXPECTED_MATRIX)
+    np.testing.assert_allclose(per_class_iou(matrix), [1 / 3, 2 / 3, 1 / 2])
+    assert float(metric.result()) == pytest.approx(0.5)
+    assert float(pixel_accuracy(matrix)) == pytest.approx(4 / 6)
+
+
+def test_sample_weights_do_not_change_the_counts():
+    metric = ConfusionMatrix(num_classes=3)
+    weights = np.full(LABELS.shape, 7.5, np.float32)
+    metric.update_state(LABELS, one_hot_logits(PREDICTED, 3), sample_weight=weights)
+    np.testing.assert_array_equal(metric.matrix.numpy(), EXPECTED_MATRIX)
+
+
+def test_absent_class_is_left_out_of_the_mean():
+    matrix = np.array([[3, 0, 1], [0, 0, 0], [1, 0, 2]])  # class 1 never seen
+    assert np.isnan(per_class_iou(matrix)[1])
+    assert float(mean_iou(matrix)) == pytest.approx((3 / 5 + 2 / 4) / 2)
+    table = iou_table(matrix, ["background", "cat", "dog"])
+    assert "cat" in table and "mean IoU" in table
+
+
+def test_loss_is_cross_entropy_averaged_over_non_void_pixels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 3)).astype(np.float32)[None].reshape(1, 2, 4, 3)
+    labels = LABELS[None]
+    loss = float(segmentation_loss()(labels, logits))
+
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    scored = labels != V
+    expected = -np.mean(
+        np.take_along_axis(log_probs, np.where(scored, labels, 0)[..., None], -1)[
+            ..., 0
+        ][scored]
+    )
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_median_frequency_weights_by_hand():
+    # freq = pixels / pixels of images containing the class: 0.5, 0.1, 0.25.
+    weights = median_frequency_weights([50, 10, 25, 0], [100, 100, 100, 0])
+    np.testing.assert_allclose(weights, [0.5, 2.5, 1.0, 0.0], rtol=1e-6)

@@ -1,0 +1,108 @@
+"""unet_train.main end to end on tiny data: outputs, learning, resuming, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+import unet_train
+from common import training
+from common.voc import DatasetError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT_KEYS = {"mean_iou", "pixel_accuracy", "per_class_iou", "epochs",
+               "final_train_loss", "argv"}  # fmt: skip
+
+
+def tiny_argv(shapes_dir, output_dir, *extra):
+    return [
+        "--dataset", "shapes", "--data-dir", shapes_dir, "--output-dir", str(output_dir),
+        "--filters", "8", "16", "32", "64", "--crop-size", "64", "--batch-size", "4",
+        "--steps-per-epoch", "5", "--val-steps", "2", "--num-predictions", "2", *extra,
+    ]  # fmt: skip
+
+
+def read_history(output_dir):
+    with open(os.path.join(output_dir, "history.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
+    argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "4", "--learning-rate", "0.003")
+    results = unet_train.main(argv)
+
+    with open(tmp_path / "results.json") as f:
+        assert json.load(f) == results
+    assert RESULT_KEYS <= results.keys() and results["argv"] == argv
+    assert set(results["per_class_iou"]) == {
+        "background", "circle", "square", "triangle", "star", "cross"
+    }  # fmt: skip
+    assert 0.0 <= results["mean_iou"] <= 1.0 and results["optimizer_steps"] == 20
+    for name in ("best.keras", "curves.png", "predictions.png", "history.csv"):
+        assert os.path.isfile(tmp_path / name), name
+    assert os.listdir(tmp_path / "tensorboard")
+    assert not os.path.exists(tmp_path / "backup")  # Finished runs leave no backup.
+    losses = [float(row["loss"]) for row in read_history(tmp_path)]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert "val_pixel_accuracy" in read_history(tmp_path)[0]
+
+
+class StopBeforeEpoch(keras.callbacks.Callback):
+    """Simulates a run killed after `epoch` finished epochs."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_where_it_stopped(shapes_dir, tmp_path, monkeypatch):
+    argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "3")
+    make_callbacks = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks",
+                        lambda *a: make_callbacks(*a) + [StopBeforeEpoch(2)])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        unet_train.main(argv)
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1"]
+    assert os.path.isdir(tmp_path / "backup")
+
+    monkeypatch.setattr(training, "make_callbacks", make_callbacks)
+    results = unet_train.main(argv)
+
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1", "2"]
+    assert results["epochs_this_run"] == 1
+    assert results["optimizer_steps"] == 3 * 5  # Optimizer state came back too.
+
+
+def test_missing_voc_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="voc_download.sh"):
+        unet_train.main(["--data-dir", str(tmp_path / "VOC2012"), "--epochs", "1"])
+
+
+def test_command_line_error_has_no_traceback(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "unet_train.py", "--data-dir", str(tmp_path / "missing")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert process.returncode != 0
+    assert "error:" in process.stderr and "missing" in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_every_flag_is_documented(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        unet_train.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--padding", "--filters", "--dataset", "--epochs", "--output-dir",
+                 "--crop-size", "--ignore-index", "--lr-schedule", "--seed"):  # fmt: skip
+        assert flag in help_text
+    for action in unet_train.make_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
