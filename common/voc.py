@@ -286,7 +286,9 @@ def list_pairs(
     SPLIT/masks/ with the same file stems). Every listed file must exist.
     """
     if not os.path.isdir(data_dir):
-        raise DatasetError(f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}")
+        raise DatasetError(
+            f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}"
+        )
     layout = detect_layout(data_dir) if layout == "auto" else layout
     if layout == "voc":
         pairs = _voc_pairs(data_dir, split)

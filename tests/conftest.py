@@ -53,8 +53,12 @@ def write_voc(tmp_path):
             (root / folder).mkdir(parents=True, exist_ok=True)
         for split, examples in splits.items():
             for image_id, (image, mask) in examples.items():
-                Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", "PNG")
-                _save_palette_png(str(root / "SegmentationClass" / f"{image_id}.png"), mask)
+                Image.fromarray(image).save(
+                    root / "JPEGImages" / f"{image_id}.jpg", "PNG"
+                )
+                _save_palette_png(
+                    str(root / "SegmentationClass" / f"{image_id}.png"), mask
+                )
             split_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
             split_file.write_text("\n".join(examples) + "\n")
         return str(root)

@@ -51,5 +51,6 @@ def test_saved_unet_reloads_with_identical_logits(tmp_path):
     path = str(tmp_path / "unet.keras")
     model.save(path)
     reloaded = keras.models.load_model(path)
-    np.testing.assert_array_equal(model.predict(images, verbose=0),
-                                  reloaded.predict(images, verbose=0))  # fmt: skip
+    np.testing.assert_array_equal(
+        model.predict(images, verbose=0), reloaded.predict(images, verbose=0)
+    )

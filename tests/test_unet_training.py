@@ -14,16 +14,41 @@ from common import training
 from common.voc import DatasetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULT_KEYS = {"mean_iou", "pixel_accuracy", "per_class_iou", "epochs",
-               "final_train_loss", "argv"}  # fmt: skip
+RESULT_KEYS = {
+    "mean_iou",
+    "pixel_accuracy",
+    "per_class_iou",
+    "epochs",
+    "final_train_loss",
+    "argv",
+}
 
 
 def tiny_argv(shapes_dir, output_dir, *extra):
     return [
-        "--dataset", "shapes", "--data-dir", shapes_dir, "--output-dir", str(output_dir),
-        "--filters", "8", "16", "32", "64", "--crop-size", "64", "--batch-size", "4",
-        "--steps-per-epoch", "5", "--val-steps", "2", "--num-predictions", "2", *extra,
-    ]  # fmt: skip
+        "--dataset",
+        "shapes",
+        "--data-dir",
+        shapes_dir,
+        "--output-dir",
+        str(output_dir),
+        "--filters",
+        "8",
+        "16",
+        "32",
+        "64",
+        "--crop-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--steps-per-epoch",
+        "5",
+        "--val-steps",
+        "2",
+        "--num-predictions",
+        "2",
+        *extra,
+    ]
 
 
 def read_history(output_dir):
@@ -39,8 +64,13 @@ def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
         assert json.load(f) == results
     assert RESULT_KEYS <= results.keys() and results["argv"] == argv
     assert set(results["per_class_iou"]) == {
-        "background", "circle", "square", "triangle", "star", "cross"
-    }  # fmt: skip
+        "background",
+        "circle",
+        "square",
+        "triangle",
+        "star",
+        "cross",
+    }
     assert 0.0 <= results["mean_iou"] <= 1.0 and results["optimizer_steps"] == 20
     for name in ("best.keras", "curves.png", "predictions.png", "history.csv"):
         assert os.path.isfile(tmp_path / name), name
@@ -66,8 +96,9 @@ class StopBeforeEpoch(keras.callbacks.Callback):
 def test_interrupted_run_resumes_where_it_stopped(shapes_dir, tmp_path, monkeypatch):
     argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "3")
     make_callbacks = training.make_callbacks
-    monkeypatch.setattr(training, "make_callbacks",
-                        lambda *a: make_callbacks(*a) + [StopBeforeEpoch(2)])  # fmt: skip
+    monkeypatch.setattr(
+        training, "make_callbacks", lambda *a: make_callbacks(*a) + [StopBeforeEpoch(2)]
+    )
     with pytest.raises(KeyboardInterrupt):
         unet_train.main(argv)
     assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1"]
@@ -89,8 +120,11 @@ def test_missing_voc_is_a_clear_error(tmp_path):
 def test_command_line_error_has_no_traceback(tmp_path):
     process = subprocess.run(
         [sys.executable, "unet_train.py", "--data-dir", str(tmp_path / "missing")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert process.returncode != 0
     assert "error:" in process.stderr and "missing" in process.stderr
     assert "Traceback" not in process.stderr
@@ -101,8 +135,17 @@ def test_every_flag_is_documented(capsys):
         unet_train.parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--padding", "--filters", "--dataset", "--epochs", "--output-dir",
-                 "--crop-size", "--ignore-index", "--lr-schedule", "--seed"):  # fmt: skip
+    for flag in (
+        "--padding",
+        "--filters",
+        "--dataset",
+        "--epochs",
+        "--output-dir",
+        "--crop-size",
+        "--ignore-index",
+        "--lr-schedule",
+        "--seed",
+    ):
         assert flag in help_text
     for action in unet_train.make_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"

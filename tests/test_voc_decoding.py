@@ -82,7 +82,9 @@ def test_decoding_runs_inside_parallel_dataset_map(tmp_path):
 
 
 def test_every_real_voc_mask_decodes_exactly(voc_sample_dir):
-    paths = sorted(glob.glob(os.path.join(voc_sample_dir, "SegmentationClass", "*.png")))
+    paths = sorted(
+        glob.glob(os.path.join(voc_sample_dir, "SegmentationClass", "*.png"))
+    )
     assert len(paths) == 40
     seen = set()
     for path in paths:

@@ -22,7 +22,9 @@ COLORS = voc_colormap()
 
 def painted_example(rng, height, width, labels=(0, 3, 7, IGNORE_LABEL)):
     """A mask of random blocks, and an image whose colour *is* the label's colour."""
-    blocks = rng.choice(np.array(labels, np.uint8), size=(height // 4 + 1, width // 4 + 1))
+    blocks = rng.choice(
+        np.array(labels, np.uint8), size=(height // 4 + 1, width // 4 + 1)
+    )
     mask = np.kron(blocks, np.ones((4, 4), np.uint8))[:height, :width]
     return COLORS[mask].copy(), mask
 
@@ -30,7 +32,9 @@ def painted_example(rng, height, width, labels=(0, 3, 7, IGNORE_LABEL)):
 @pytest.fixture()
 def painted_voc(write_voc):
     rng = np.random.default_rng(0)
-    examples = {f"im{i}": painted_example(rng, 30 + 7 * i, 41 - 3 * i) for i in range(6)}
+    examples = {
+        f"im{i}": painted_example(rng, 30 + 7 * i, 41 - 3 * i) for i in range(6)
+    }
     return write_voc({"train": examples, "val": examples}), examples
 
 
@@ -56,8 +60,11 @@ def test_crop_and_flip_move_image_and_mask_together(painted_voc):
         labelled = masks != IGNORE_LABEL
         np.testing.assert_array_equal(images[labelled], COLORS[masks[labelled]])
         padded = (masks == IGNORE_LABEL) & np.all(images != COLORS[IGNORE_LABEL], -1)
-        np.testing.assert_allclose(images[padded], np.broadcast_to(augment.IMAGE_MEAN,
-                                   images[padded].shape), atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            images[padded],
+            np.broadcast_to(augment.IMAGE_MEAN, images[padded].shape),
+            atol=1e-4,
+        )
 
 
 def test_flips_happen_and_seeds_repeat(painted_voc):
@@ -101,20 +108,29 @@ def test_evaluation_with_margin_mirrors_the_image(painted_voc):
     data_dir, examples = painted_voc
     margin = 5
     dataset = make_dataset(
-        data_dir, "val", 6, 32, training=False, label_margin=margin,
+        data_dir,
+        "val",
+        6,
+        32,
+        training=False,
+        label_margin=margin,
         valid_input_size=lambda n: n + 3,
-    )  # fmt: skip
+    )
     images, masks = first_batch(dataset)
     image, mask = next(iter(examples.values()))
     h, w = mask.shape
     assert images.shape[1] - masks.shape[1] == 2 * margin
     np.testing.assert_array_equal(masks[0, :h, :w], mask)
-    np.testing.assert_array_equal(images[0, margin : margin + h, margin : margin + w], image)
+    np.testing.assert_array_equal(
+        images[0, margin : margin + h, margin : margin + w], image
+    )
     np.testing.assert_array_equal(images[0, margin - 1, margin : margin + w], image[1])
 
 
 def test_training_with_margin_crops_the_labels(shapes_dir):
-    _, masks = first_batch(make_dataset(shapes_dir, "train", 2, 64, True, label_margin=8))
+    _, masks = first_batch(
+        make_dataset(shapes_dir, "train", 2, 64, True, label_margin=8)
+    )
     assert masks.shape == (2, 48, 48)
 
 
@@ -191,8 +207,9 @@ def test_out_of_range_class_names_the_mask(write_voc):
 
 
 def test_corrupt_image_names_the_file(write_voc):
-    data_dir = write_voc({"val": {"broken": (np.zeros((8, 8, 3), np.uint8),
-                                             np.zeros((8, 8), np.uint8))}})  # fmt: skip
+    data_dir = write_voc(
+        {"val": {"broken": (np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8))}}
+    )
     with open(os.path.join(data_dir, "JPEGImages", "broken.jpg"), "wb") as f:
         f.write(b"not an image")
     with pytest.raises(DatasetError, match="broken.jpg"):
