@@ -16,7 +16,7 @@ IGNORE_LABEL = 255
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 
 
-def _pad_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+def pad_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     """Pad a float image at the bottom/right to (height, width) with IMAGE_MEAN."""
     shape = tf.shape(image)
     paddings = [[0, height - shape[0]], [0, width - shape[1]], [0, 0]]
@@ -24,7 +24,7 @@ def _pad_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tens
     return tf.pad(image - mean, paddings) + mean
 
 
-def _pad_mask(mask: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+def pad_mask(mask: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
     """Pad a mask at the bottom/right to (height, width) with 255 (void)."""
     shape = tf.shape(mask)
     paddings = [[0, height - shape[0]], [0, width - shape[1]]]
@@ -58,7 +58,7 @@ def random_scale_crop_flip(
 
     height = tf.maximum(size[0], crop_size)
     width = tf.maximum(size[1], crop_size)
-    image, mask = _pad_image(image, height, width), _pad_mask(mask, height, width)
+    image, mask = pad_image(image, height, width), pad_mask(mask, height, width)
 
     top = tf.random.stateless_uniform([], y_seed, 0, height - crop_size + 1, tf.int32)
     left = tf.random.stateless_uniform([], x_seed, 0, width - crop_size + 1, tf.int32)
@@ -95,8 +95,8 @@ def pad_for_evaluation(
         margins = [[label_margin, label_margin], [label_margin, label_margin], [0, 0]]
         image = tf.pad(image, margins, mode="REFLECT")
     height, width = input_size
-    image = _pad_image(image, height, width)
-    mask = _pad_mask(mask, height - 2 * label_margin, width - 2 * label_margin)
+    image = pad_image(image, height, width)
+    mask = pad_mask(mask, height - 2 * label_margin, width - 2 * label_margin)
     image = tf.ensure_shape(image, (height, width, 3))
     return image, tf.ensure_shape(
         mask, (height - 2 * label_margin, width - 2 * label_margin)

@@ -94,3 +94,26 @@ def plot_predictions(
     figure.tight_layout(rect=(0, 0.06, 1, 0.97))
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], out_path: str, title: str = ""
+) -> None:
+    """Row-normalised confusion matrix: row = true class, each row sums to 1.
+
+    The diagonal is per-class recall; a bright first column means objects are
+    being swallowed by the background.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(5.0, 0.42 * len(class_names))
+    figure, axis = plt.subplots(figsize=(size + 1.5, size))
+    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=90)
+    axis.set_yticks(ticks, class_names)
+    axis.set(xlabel="predicted class", ylabel="true class", title=title)
+    figure.colorbar(image, ax=axis, fraction=0.046, label="share of the true class")
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)

@@ -46,11 +46,8 @@ VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
 # --------------------------------------------------------------------------
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Add the data, optimisation and output flags that every script shares.
-
-    A script sets its own defaults afterwards with `parser.set_defaults(...)`.
-    """
+def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Flags that say which dataset to read (shared by training and evaluate.py)."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
@@ -65,8 +62,6 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         help=f"dataset folder (default: {VOC_DIR} for voc, data/shapes for shapes)",
     )
-    data.add_argument("--train-split", default="train", help="default: %(default)s")
-    data.add_argument("--val-split", default="val", help="default: %(default)s")
     data.add_argument(
         "--num-classes",
         type=int,
@@ -86,6 +81,17 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="names for --dataset folder, in class-index order (default: class_0 ...)",
     )
+    return data
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add the data, optimisation and output flags that every script shares.
+
+    A script sets its own defaults afterwards with `parser.set_defaults(...)`.
+    """
+    data = add_dataset_args(parser)
+    data.add_argument("--train-split", default="train", help="default: %(default)s")
+    data.add_argument("--val-split", default="val", help="default: %(default)s")
     data.add_argument("--crop-size", type=int, help="square training crop in pixels")
     data.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
     data.add_argument(
@@ -452,8 +458,8 @@ def _plot_validation_predictions(model, args, dataset, val_ds) -> None:
 
 
 def run_cli(main: Callable[[], dict]) -> None:
-    """Run a script's `main`; a data problem prints one clear line, no traceback."""
+    """Run a script's `main`; bad input prints one clear line, no traceback."""
     try:
         main()
-    except voc.DatasetError as error:
+    except voc.InputError as error:
         raise SystemExit(f"error: {error}") from None

@@ -61,9 +61,16 @@ DOWNLOAD_HINT = (
 )
 
 
-class DatasetError(ValueError):
-    """Bad data on disk or a data flag that cannot work; the message names the
-    file, folder or flag and says what to do."""
+class InputError(ValueError):
+    """A problem with what the user gave us (a file, folder or flag value).
+
+    The message names it and says what to do; scripts print it without a
+    traceback (`common.training.run_cli`).
+    """
+
+
+class DatasetError(InputError):
+    """Bad data on disk, or a data flag that cannot work with it."""
 
 
 def voc_colormap(num_colors: int = 256) -> np.ndarray:
