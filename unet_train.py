@@ -161,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    training.set_up(args, "unet")
+    strategy = training.set_up(args, "unet")
     dataset = training.resolve_dataset(args)
 
     depth = len(args.filters)
@@ -174,12 +174,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         geometry = dict(valid_input_size=lambda size: voc.round_up(size, 2**depth))
     train_ds, val_ds, steps = training.make_datasets(args, dataset, **geometry)
 
-    model = build_unet(
-        dataset.num_classes,
-        padding=args.padding,
-        batch_norm=args.batch_norm,
-        filters=args.filters,
-    )
+    with strategy.scope():  # Variables live on every replica (tf.distribute).
+        model = build_unet(
+            dataset.num_classes,
+            padding=args.padding,
+            batch_norm=args.batch_norm,
+            filters=args.filters,
+        )
     return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
 
 

@@ -52,13 +52,15 @@ class ConfusionMatrix(keras.metrics.Metric):
         labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
         predictions = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
         scored = tf.not_equal(labels, self.ignore_label)
-        batch_matrix = tf.math.confusion_matrix(
-            tf.boolean_mask(labels, scored),
-            tf.boolean_mask(predictions, scored),
-            num_classes=self.num_classes,
-            dtype=tf.int64,
+        # Cell (true, predicted) of the flattened matrix; void pixels count 0.
+        # A segment sum keeps shapes static, so this also compiles under XLA.
+        cells = tf.where(scored, labels, 0) * self.num_classes + predictions
+        counts = tf.math.unsorted_segment_sum(
+            tf.cast(scored, tf.float32), cells, self.num_classes**2
+        )  # Exact: a batch has far fewer than 2**24 pixels per cell.
+        self.matrix.assign_add(
+            tf.reshape(tf.cast(counts, tf.int64), (self.num_classes, self.num_classes))
         )
-        self.matrix.assign_add(batch_matrix)
 
     def result(self):
         return tf.cast(mean_iou(tf.convert_to_tensor(self.matrix)), tf.float32)

@@ -132,6 +132,11 @@ def _write_example(
     mask.save(os.path.join(data_dir, "SegmentationClass", f"{name}.png"))
 
 
+def is_shapes_dir(data_dir: str) -> bool:
+    """True if `data_dir` holds a generated `shapes` dataset (of any size)."""
+    return os.path.isfile(os.path.join(data_dir, "shapes.json"))
+
+
 def generate_shapes(
     data_dir: str = DEFAULT_DIR, num_train: int = 240, num_val: int = 60, seed: int = 0
 ) -> str:

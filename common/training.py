@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import plots, shapes, voc
+from common import distribute, plots, shapes, voc
 from common.losses import segmentation_loss
 from common.metrics import (
     ConfusionMatrix,
@@ -93,7 +93,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train-split", default="train", help="default: %(default)s")
     data.add_argument("--val-split", default="val", help="default: %(default)s")
     data.add_argument("--crop-size", type=int, help="square training crop in pixels")
-    data.add_argument("--batch-size", type=int, default=8, help="default: %(default)s")
+    data.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per replica (device); the global batch is this times the "
+        "number of replicas (default: %(default)s)",
+    )
     data.add_argument(
         "--cache",
         action="store_true",
@@ -122,7 +128,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "--learning-rate",
         type=float,
         default=1e-3,
-        help="initial learning rate (default: %(default)s)",
+        help="initial learning rate for one replica's batch; multiplied by the "
+        "number of replicas (linear scaling rule) (default: %(default)s)",
     )
     train.add_argument(
         "--momentum",
@@ -147,6 +154,28 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="seeds data order, augmentation and weights (default: %(default)s)",
+    )
+
+    scale = parser.add_argument_group("speed and scale")
+    scale.add_argument(
+        "--strategy",
+        choices=distribute.STRATEGIES,
+        default="auto",
+        help="tf.distribute strategy; auto = mirrored when several GPUs are visible, "
+        "else default (one device). multiworker is refused for now: Keras 3's fit "
+        "does not run under it (keras-team/keras#20585) (default: %(default)s)",
+    )
+    scale.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 compute on GPU (bfloat16 elsewhere), float32 logits and loss",
+    )
+    scale.add_argument(
+        "--jit-compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="XLA for fit; auto = Keras' choice: on for one GPU, off on CPU and "
+        "under tf.distribute (default: %(default)s)",
     )
 
     output = parser.add_argument_group("output")
@@ -186,7 +215,9 @@ def default_output_dir(script: str, dataset: str) -> str:
 def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
     """Turn the data flags into a `DatasetSpec`, generating `shapes` if needed."""
     if args.dataset == "shapes":
-        data_dir = shapes.generate_shapes(args.data_dir or shapes.DEFAULT_DIR)
+        data_dir = args.data_dir or shapes.DEFAULT_DIR
+        if not shapes.is_shapes_dir(data_dir) or data_dir == shapes.DEFAULT_DIR:
+            shapes.generate_shapes(data_dir)  # Rebuilds an outdated default folder.
         return voc.DatasetSpec(data_dir, "voc", shapes.SHAPES_CLASSES)
     if args.dataset == "voc":
         return voc.DatasetSpec(args.data_dir or VOC_DIR, "voc", voc.VOC_CLASSES)
@@ -219,15 +250,16 @@ def make_datasets(
         seed=args.seed,
     )
     train_pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
-    if len(train_pairs) < args.batch_size:
+    batch_size = args.global_batch_size  # Set by set_up().
+    if len(train_pairs) < batch_size:
         raise voc.DatasetError(
             f"Split {args.train_split!r} has {len(train_pairs)} images, fewer than "
-            f"--batch-size {args.batch_size}."
+            f"the global batch of {batch_size}."
         )
     train_ds = voc.make_dataset(
         dataset.data_dir,
         args.train_split,
-        args.batch_size,
+        batch_size,
         args.crop_size,
         True,
         class_weights=class_weights,
@@ -236,12 +268,12 @@ def make_datasets(
     val_ds = voc.make_dataset(
         dataset.data_dir,
         args.val_split,
-        args.batch_size,
+        batch_size,
         args.crop_size,
         False,
         **common,
     )
-    steps = args.steps_per_epoch or len(train_pairs) // args.batch_size
+    steps = args.steps_per_epoch or len(train_pairs) // batch_size
     return train_ds, val_ds, steps
 
 
@@ -302,8 +334,9 @@ def _best_so_far(history_path: str) -> float | None:
 
 
 def make_callbacks(
-    output_dir: str, metric: ConfusionMatrix, class_names: Sequence[str]
+    args: argparse.Namespace, metric: ConfusionMatrix, class_names: Sequence[str]
 ) -> list[keras.callbacks.Callback]:
+    output_dir = args.output_dir
     history_path = os.path.join(output_dir, "history.csv")
     return [
         IoUReport(metric, class_names),  # First: adds val_pixel_accuracy to the logs.
@@ -326,20 +359,34 @@ def make_callbacks(
 # --------------------------------------------------------------------------
 
 
-def set_up(args: argparse.Namespace, script: str) -> None:
-    """Seed everything and pick the output folder; print where results will go."""
+def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
+    """Seed, precision, distribution strategy and output folder, printed once.
+
+    Returns the strategy; build the model inside `strategy.scope()`. Sets
+    `args.global_batch_size` (per-replica batch x replicas) and scales
+    `args.learning_rate` with the number of replicas.
+    """
+    strategy = distribute.make_strategy(args.strategy)
     keras.utils.set_random_seed(args.seed)
+    policy = distribute.set_precision(args.mixed_precision)
+    replicas = strategy.num_replicas_in_sync
+    args.global_batch_size = args.batch_size * replicas
+    args.learning_rate *= replicas
     args.output_dir = args.output_dir or default_output_dir(script, args.dataset)
     resuming = os.path.isdir(os.path.join(args.output_dir, "backup"))
     os.makedirs(args.output_dir, exist_ok=True)
     print(
-        f"{'Resuming' if resuming else 'Writing'} run in {args.output_dir}"
-        + (
-            ""
-            if resuming
-            else f" (rerun with --output-dir {args.output_dir} to resume)"
-        )
+        f"{strategy.__class__.__name__} with {replicas} replica(s): global batch "
+        f"{args.global_batch_size}, learning rate {args.learning_rate:g}, {policy}"
     )
+    if resuming:
+        print(f"Resuming the run in {args.output_dir}")
+    else:
+        print(
+            f"Writing to {args.output_dir} (if interrupted, rerun with "
+            f"--output-dir {args.output_dir} to resume)"
+        )
+    return strategy
 
 
 def _raise_data_error(error: tf.errors.OpError, args: argparse.Namespace):
@@ -361,15 +408,17 @@ def fit_and_evaluate(
     steps_per_epoch: int,
 ) -> dict:
     """Compile, train with the shared callbacks, score the best model, write outputs."""
-    metric = ConfusionMatrix(dataset.num_classes)
-    model.compile(
-        optimizer=make_optimizer(args, args.epochs * steps_per_epoch),
-        loss=segmentation_loss(),
-        metrics=[metric],
-    )
+    with model.distribute_strategy.scope():  # The strategy the model was built in.
+        metric = ConfusionMatrix(dataset.num_classes)
+        model.compile(
+            optimizer=make_optimizer(args, args.epochs * steps_per_epoch),
+            loss=segmentation_loss(),
+            metrics=[metric],
+            jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
+        )
     print(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
-        f"of {args.batch_size} images per epoch"
+        f"of {args.global_batch_size} images per epoch"
     )
     try:
         history = model.fit(
@@ -379,7 +428,7 @@ def fit_and_evaluate(
             steps_per_epoch=steps_per_epoch,
             validation_data=val_ds,
             validation_steps=args.val_steps,
-            callbacks=make_callbacks(args.output_dir, metric, dataset.class_names),
+            callbacks=make_callbacks(args, metric, dataset.class_names),
         )
         steps_done = int(model.optimizer.iterations.numpy())  # Before loading best.
         best_path = os.path.join(args.output_dir, "best.keras")
