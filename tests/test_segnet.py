@@ -193,6 +193,17 @@ def test_median_frequency_weights_count_the_training_masks(camvid_dir):
     assert weights[0] < 1 < weights.max()
 
 
+def test_camvid_alias_reads_the_same_folder(camvid_dir):
+    folder = segnet_train.parse_args(camvid_argv(camvid_dir))
+    camvid = segnet_train.parse_args(["--dataset", "camvid", "--data-dir", camvid_dir])
+    folder_spec = segnet_train.training.resolve_dataset(folder)
+    camvid_spec = segnet_train.training.resolve_dataset(camvid)
+    assert camvid_spec.layout == voc.detect_layout(camvid_dir) == "camvid"
+    assert camvid_spec.ignore_index == folder_spec.ignore_index == CAMVID_VOID
+    assert camvid_spec.num_classes == folder_spec.num_classes == CAMVID_CLASSES
+    assert camvid_spec.class_names[0] == "sky"
+
+
 # --------------------------------------------------------------------------
 # main() end to end
 # --------------------------------------------------------------------------
@@ -241,4 +252,3 @@ def test_main_on_camvid_layout_with_median_frequency(camvid_dir, tmp_path):
     argv = [*camvid_argv(camvid_dir), "--class-weighting", "median-frequency"]
     results = segnet_train.main([*argv, "--output-dir", output_dir, *TINY_RUN])
     check_run(output_dir, results, num_classes=CAMVID_CLASSES)
-    assert voc.detect_layout(camvid_dir) == "camvid"
