@@ -326,12 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     training.set_up(args, f"segnet_{args.variant}")
     dataset = training.resolve_dataset(args)
-    class_weights = None
-    if args.class_weighting == "median-frequency":
-        class_weights = median_frequency_class_weights(args, dataset)
-    train_ds, val_ds, steps = training.make_datasets(
-        args, dataset, valid_input_size=any_input_size, class_weights=class_weights
-    )
+    # The model first: a failed ImageNet download should not wait for the data.
     backbone_weights = (
         None if args.backbone_weights == "none" else args.backbone_weights
     )
@@ -340,6 +335,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         variant=args.variant,
         backbone_weights=backbone_weights,
         upsampling=args.upsampling,
+    )
+    class_weights = None
+    if args.class_weighting == "median-frequency":
+        class_weights = median_frequency_class_weights(args, dataset)
+    train_ds, val_ds, steps = training.make_datasets(
+        args, dataset, valid_input_size=any_input_size, class_weights=class_weights
     )
     return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
 
