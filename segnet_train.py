@@ -69,8 +69,13 @@ VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512,) *
 # The decoder mirrors them, deepest block first; each block's last convolution
 # already has the channels of the next, shallower level (Fig. 2). The logits
 # convolution follows the last block.
-VGG16_DECODER_BLOCKS = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64))
-VGG16_DECODER_BLOCKS += ((64,),)
+VGG16_DECODER_BLOCKS = (
+    (512, 512, 512),
+    (512, 512, 256),
+    (256, 256, 128),
+    (128, 64),
+    (64,),
+)
 # The mean RGB of ImageNet that VGG-16's weights were trained with (Caffe's
 # preprocessing, `keras.applications.vgg16.preprocess_input`), on [0, 255].
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -170,7 +175,10 @@ def build_segnet(
     upsampling: str = "indices",
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
 ) -> keras.Model:
-    """Return SegNet (Fig. 2) or SegNet-Basic, mapping [0, 255] RGB to logits.
+    """Return SegNet (Fig. 2) or SegNet-Basic, mapping images to per-pixel logits.
+
+    Images: float32 `(batch, h, w, 3)`, RGB in [0, 255], any h and w. Logits:
+    float32 `(batch, h, w, num_classes)`.
 
     `backbone_weights` ("imagenet", a file of `keras.applications.VGG16`
     weights, or None) initialises the `vgg16` encoder; the decoder always
@@ -194,11 +202,11 @@ def build_segnet(
     if variant == "vgg16":
         x, poolings = vgg16_encoder(x)
         x = vgg16_decoder(x, poolings, upsampling)
-        logits_kernel_size = 3  # The paper's conv1_1_D is 3x3.
+        logits_kernel_size = 3  # As conv1_1_D of the authors' Caffe model.
     else:
         x, poolings = basic_encoder(x)
         x = basic_decoder(x, poolings, upsampling)
-        logits_kernel_size = 1  # SegNet-Basic's classifier is 1x1.
+        logits_kernel_size = 1  # As the authors' SegNet-Basic classifier.
     # Logits stay float32 even under a mixed-precision policy.
     logits = layers.Conv2D(
         num_classes,

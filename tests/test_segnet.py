@@ -40,7 +40,7 @@ def test_segnet_vgg16_parameter_count(segnet_vgg16):
     # 3x3 logits: 9*64*12 + 12 = 6,924
     # Batch norm, gamma and beta per channel: encoder 2 * 4,224 = 8,448 and
     #   decoder 2 * (3*512 + 2*512 + 256 + 2*256 + 128 + 128 + 64 + 64) = 7,424
-    # Total 29,441,996. The paper's Caffe model also gives each of the 26
+    # Total 29,441,996. The authors' Caffe model also gives each of the 26
     # convolutions a bias (4,224 + 3,712 = 7,936, redundant before batch norm):
     # 29,449,932, its "29.5M".
     assert trainable_parameters(segnet_vgg16) == 29_441_996
@@ -49,7 +49,7 @@ def test_segnet_vgg16_parameter_count(segnet_vgg16):
 def test_segnet_basic_parameter_count():
     # 7x7 convolutions without biases: encoder 49*(3*64 + 3*64*64) = 611,520,
     # decoder 4*49*64*64 = 802,816; batch norm 8*2*64 = 1,024; 1x1 logits
-    # 64*12 + 12 = 780. Total 1,416,140 (the paper's Table 1: 1.425M).
+    # 64*12 + 12 = 780. Total 1,416,140 (Table 1 of the paper: about 1.4M).
     assert trainable_parameters(build_segnet(12, variant="basic")) == 1_416_140
 
 
