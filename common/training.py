@@ -39,6 +39,23 @@ from common.metrics import (
 )
 
 VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
+# CamVid as the SegNet tutorial ships it: train/ trainannot/ val/ valannot/
+# test/ testannot/, 360x480, single-channel masks with 11 = void.
+CAMVID_DIR = os.path.join("data", "CamVid")
+CAMVID_CLASSES = (
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "signsymbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+)
+CAMVID_VOID = 11
 
 
 # --------------------------------------------------------------------------
@@ -51,16 +68,18 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        choices=["voc", "shapes", "folder"],
+        choices=["voc", "shapes", "folder", "camvid"],
         default="voc",
         help="voc: PASCAL VOC 2012 (bash data/voc_download.sh); shapes: the "
         "built-in synthetic set, generated on first use (seconds); folder: your "
         "own data, either SPLIT/images + SPLIT/masks or CamVid's SPLIT + "
-        "SPLITannot (default: %(default)s)",
+        "SPLITannot; camvid: folder with CamVid's 11 class names and void 11 "
+        "(default: %(default)s)",
     )
     data.add_argument(
         "--data-dir",
-        help=f"dataset folder (default: {VOC_DIR} for voc, data/shapes for shapes)",
+        help=f"dataset folder (default: {VOC_DIR} for voc, data/shapes for shapes, "
+        f"{CAMVID_DIR} for camvid)",
     )
     data.add_argument(
         "--num-classes",
@@ -221,6 +240,10 @@ def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
         return voc.DatasetSpec(data_dir, "voc", shapes.SHAPES_CLASSES)
     if args.dataset == "voc":
         return voc.DatasetSpec(args.data_dir or VOC_DIR, "voc", voc.VOC_CLASSES)
+    if args.dataset == "camvid":
+        return voc.DatasetSpec(
+            args.data_dir or CAMVID_DIR, "camvid", CAMVID_CLASSES, CAMVID_VOID
+        )
     if args.data_dir is None or args.num_classes is None:
         raise voc.DatasetError("--dataset folder needs --data-dir and --num-classes.")
     names = tuple(args.class_names or (f"class_{i}" for i in range(args.num_classes)))

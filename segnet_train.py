@@ -1,0 +1,357 @@
+"""Train SegNet on PASCAL VOC 2012 or CamVid (or the built-in `shapes`).
+
+    bash data/voc_download.sh
+    python segnet_train.py --epochs 50
+    python segnet_train.py --dataset camvid --data-dir data/CamVid \
+        --class-weighting median-frequency --epochs 100   # the paper's setting
+    python segnet_train.py --dataset shapes --variant basic --crop-size 128 \
+        --batch-size 8 --epochs 12                         # a quick CPU demo
+
+SegNet (Badrinarayanan, Kendall and Cipolla, TPAMI 2017,
+https://arxiv.org/abs/1511.00561) is an encoder-decoder whose one new idea is
+how the decoder upsamples. Each encoder max-pooling remembers *where* each
+maximum was (the "max-pooling indices", two bits per 2x2 window); the matching
+decoder stage puts its values back at exactly those positions and leaves zeros
+elsewhere (Fig. 3), then convolutions fill the zeros in. Boundaries come back
+where the encoder saw them, without learning any upsampling weights and
+without carrying whole encoder feature maps across as U-Net does.
+
+That is what this script builds: `MaxPoolingWithArgmax2D` and `MaxUnpooling2D`
+in `common/layers.py`. Most Keras "SegNet"s replace the unpooling with
+`UpSampling2D`, which copies each value into all four positions; here that is
+only the ablation `--upsampling nearest`, to measure what the indices bring.
+
+Two networks from the paper (`--variant`):
+- `vgg16` (SegNet, Fig. 2): the 13 convolutions of VGG-16 as encoder (with the
+  layer names of `keras.applications.VGG16`, initialised from ImageNet by
+  default), batch norm + ReLU after each, five pooling layers that keep their
+  indices, and a mirrored decoder. 29.4M parameters.
+- `basic` (SegNet-Basic, Sec. 3.1): four encoder and four decoder stages of 64
+  channels with 7x7 kernels, no biases, and no ReLU in the decoder. 1.4M
+  parameters; trained from scratch.
+
+Any input size works: pooling pads an odd row or column and unpooling
+restores the exact size, so CamVid is trained and scored at its full 360x480
+and VOC images need no padding to a multiple of 32.
+
+Training recipe. The paper trains with SGD, a fixed learning rate of 0.1,
+momentum 0.9 and batches of 12, shuffled every epoch, and on CamVid weights the
+loss by median-frequency class balancing (Sec. 3.2; here
+`--class-weighting median-frequency`). Those are this script's defaults, except
+that the learning rate follows the shared poly schedule (`--lr-schedule
+constant` gives the paper's fixed rate) so that the last epochs settle; the
+best checkpoint by validation mean IoU is kept either way. The training crop
+is 360 pixels square (CamVid's height) with the shared random scale, crop and
+flip, where the paper trains on whole 360x480 CamVid frames; evaluation scores
+whole images at their own size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import layers
+
+from common import training, voc
+from common.layers import (
+    CenterCropToMatch,
+    MaxPoolingWithArgmax2D,
+    MaxUnpooling2D,
+    conv_bn_relu,
+)
+from common.losses import median_frequency_weights
+
+# VGG-16's convolutions per block (Simonyan & Zisserman 2015, Table 1, config D).
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512,) * 3)
+# The decoder mirrors them, deepest block first; each block's last convolution
+# already has the channels of the next, shallower level (Fig. 2). The logits
+# convolution follows the last block.
+VGG16_DECODER_BLOCKS = (
+    (512, 512, 512),
+    (512, 512, 256),
+    (256, 256, 128),
+    (128, 64),
+    (64,),
+)
+# The mean RGB of ImageNet that VGG-16's weights were trained with (Caffe's
+# preprocessing, `keras.applications.vgg16.preprocess_input`), on [0, 255].
+VGG_MEAN_RGB = (123.68, 116.779, 103.939)
+BASIC_DEPTH = 4
+BASIC_FILTERS = 64
+BASIC_KERNEL_SIZE = 7
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+
+def any_input_size(size: int) -> int:
+    """SegNet accepts every size: pooling pads odd sizes, unpooling restores them."""
+    return size
+
+
+def encoder_pool(x, name: str):
+    """Max-pool by 2 and keep what the decoder needs: `(x, (indices, x_before))`."""
+    pooled, indices = MaxPoolingWithArgmax2D(name=name)(x)
+    return pooled, (indices, x)
+
+
+def upsample(x, pooling, upsampling: str, name: str):
+    """Undo one encoder pooling: with its indices, or (ablation) by repetition.
+
+    `pooling` is `(indices, x_before)` from `encoder_pool`; `x_before` fixes the
+    output size, so an odd size pooled with padding comes back exactly.
+    """
+    indices, before_pooling = pooling
+    if upsampling == "indices":
+        return MaxUnpooling2D(name=f"{name}_unpool")([x, indices, before_pooling])
+    x = layers.UpSampling2D(2, name=f"{name}_upsample")(x)
+    # Repeating 23 rows gives 46; the pooling padded at the bottom, so crop there.
+    return CenterCropToMatch(name=f"{name}_crop")([x, before_pooling])
+
+
+def vgg16_encoder(x):
+    """VGG-16's 13 convolutions, each + BN + ReLU, and 5 index-keeping poolings.
+
+    Layer names are those of `keras.applications.VGG16` (`block3_conv2`, ...)
+    so that its weights can be copied by name. Returns the bottleneck
+    `(batch, h/32, w/32, 512)` (sizes rounded up) and the five poolings,
+    shallowest first.
+    """
+    poolings = []
+    for block, block_filters in enumerate(VGG16_BLOCKS, start=1):
+        for conv, filters in enumerate(block_filters, start=1):
+            x = conv_bn_relu(x, filters, name=f"block{block}_conv{conv}")
+        x, pooling = encoder_pool(x, name=f"block{block}_pool")
+        poolings.append(pooling)  # x: (batch, h/2^block, w/2^block, filters)
+    return x, poolings
+
+
+def vgg16_decoder(x, poolings, upsampling: str):
+    """The mirror of `vgg16_encoder`: upsample, then conv + BN + ReLU (Fig. 2)."""
+    for block, block_filters in zip(range(5, 0, -1), VGG16_DECODER_BLOCKS):
+        x = upsample(x, poolings[block - 1], upsampling, name=f"decoder{block}")
+        for conv, filters in enumerate(block_filters, start=1):
+            x = conv_bn_relu(x, filters, name=f"decoder{block}_conv{conv}")
+    return x  # (batch, h, w, 64)
+
+
+def basic_encoder(x):
+    """SegNet-Basic's encoder: 4 x (7x7 conv, 64 channels, BN, ReLU, pool)."""
+    poolings = []
+    for stage in range(1, BASIC_DEPTH + 1):
+        x = conv_bn_relu(
+            x, BASIC_FILTERS, BASIC_KERNEL_SIZE, name=f"encoder{stage}_conv"
+        )
+        x, pooling = encoder_pool(x, name=f"encoder{stage}_pool")
+        poolings.append(pooling)  # x: (batch, h/2^stage, w/2^stage, 64)
+    return x, poolings
+
+
+def basic_decoder(x, poolings, upsampling: str):
+    """SegNet-Basic's decoder: 4 x (upsample, 7x7 conv, BN), no ReLU (Sec. 3.1)."""
+    for stage in range(BASIC_DEPTH, 0, -1):
+        x = upsample(x, poolings[stage - 1], upsampling, name=f"decoder{stage}")
+        x = layers.Conv2D(
+            BASIC_FILTERS,
+            BASIC_KERNEL_SIZE,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=f"decoder{stage}_conv",
+        )(x)
+        x = layers.BatchNormalization(name=f"decoder{stage}_conv_bn")(x)
+    return x  # (batch, h, w, 64)
+
+
+def build_segnet(
+    num_classes: int,
+    variant: str = "vgg16",
+    backbone_weights: str | None = None,
+    upsampling: str = "indices",
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+) -> keras.Model:
+    """Return SegNet (Fig. 2) or SegNet-Basic, mapping images to per-pixel logits.
+
+    Images: float32 `(batch, h, w, 3)`, RGB in [0, 255], any h and w. Logits:
+    float32 `(batch, h, w, num_classes)`.
+
+    `backbone_weights` ("imagenet", a file of `keras.applications.VGG16`
+    weights, or None) initialises the `vgg16` encoder; the decoder always
+    starts random. `upsampling="nearest"` swaps the index unpooling for
+    `UpSampling2D`, the ablation the paper argues against.
+    """
+    if variant not in ("vgg16", "basic"):
+        raise ValueError(f"variant must be 'vgg16' or 'basic', not {variant!r}")
+    if upsampling not in ("indices", "nearest"):
+        raise ValueError(
+            f"upsampling must be 'indices' or 'nearest', not {upsampling!r}"
+        )
+    if variant == "basic" and backbone_weights is not None:
+        raise ValueError("SegNet-Basic has no pretrained backbone; use weights None.")
+    inputs = keras.Input(input_shape, name="image")
+    # Caffe-style preprocessing, as VGG-16's ImageNet weights expect: subtract
+    # the mean, keep the [0, 255] scale. (RGB order; see load_vgg16_weights.)
+    x = layers.Normalization(mean=VGG_MEAN_RGB, variance=(1.0,) * 3, name="center")(
+        inputs
+    )
+    if variant == "vgg16":
+        x, poolings = vgg16_encoder(x)
+        x = vgg16_decoder(x, poolings, upsampling)
+        logits_kernel_size = 3  # As conv1_1_D of the authors' Caffe model.
+    else:
+        x, poolings = basic_encoder(x)
+        x = basic_decoder(x, poolings, upsampling)
+        logits_kernel_size = 1  # As the authors' SegNet-Basic classifier.
+    # Logits stay float32 even under a mixed-precision policy.
+    logits = layers.Conv2D(
+        num_classes,
+        logits_kernel_size,
+        padding="same",
+        dtype="float32",
+        name="logits",
+    )(x)
+    model = keras.Model(inputs, logits, name=f"segnet_{variant}")
+    if backbone_weights is not None:
+        load_vgg16_weights(model, backbone_weights)
+    return model
+
+
+def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
+    """Copy VGG-16's convolution kernels into the encoder layers of the same name.
+
+    `backbone_weights` is "imagenet" (downloaded once by Keras) or the path of
+    a file that `keras.applications.VGG16(include_top=False)` loads. Two
+    adjustments: VGG-16 was trained on BGR images, so the first kernel's input
+    channels are reversed to read our RGB; and VGG's biases are left out,
+    because the batch norm right after each convolution subtracts any
+    per-channel constant anyway.
+    """
+    try:
+        vgg16 = keras.applications.VGG16(
+            include_top=False, weights=backbone_weights, input_shape=(None, None, 3)
+        )
+    except Exception as error:  # Keras raises a bare Exception when offline.
+        if backbone_weights != "imagenet":
+            raise
+        raise RuntimeError(
+            f"Could not download the ImageNet VGG-16 weights ({error}). If this "
+            "machine is offline, train from scratch with --backbone-weights none, "
+            "or download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+            "elsewhere and pass its path with --backbone-weights PATH."
+        ) from error
+    for block, block_filters in enumerate(VGG16_BLOCKS, start=1):
+        for conv in range(1, len(block_filters) + 1):
+            name = f"block{block}_conv{conv}"
+            kernel = vgg16.get_layer(name).kernel.numpy()
+            if name == "block1_conv1":
+                kernel = kernel[:, :, ::-1, :]  # BGR -> RGB input channels.
+            model.get_layer(name).kernel.assign(kernel)
+
+
+# --------------------------------------------------------------------------
+# Class balancing
+# --------------------------------------------------------------------------
+
+
+def median_frequency_class_weights(
+    args: argparse.Namespace, dataset: voc.DatasetSpec
+) -> np.ndarray:
+    """Median-frequency weights (Sec. 3.2) from every mask of the training split.
+
+    Void pixels are not counted. Decoding all masks takes a few seconds for
+    CamVid (367 images), about a minute for VOC train.
+    """
+    pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
+    class_pixels, present_pixels = voc.class_pixel_counts(
+        pairs, dataset.num_classes, dataset.ignore_index
+    )
+    weights = median_frequency_weights(class_pixels, present_pixels)
+    print(f"Median-frequency class weights from {len(pairs)} training masks:")
+    for name, weight in zip(dataset.class_names, weights):
+        print(f"  {name:<16}{weight:8.4f}")
+    return weights
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train SegNet (Badrinarayanan et al. 2017) for semantic "
+        "segmentation, with max-pooling indices.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--variant",
+        choices=["vgg16", "basic"],
+        default="vgg16",
+        help="vgg16: SegNet, 29.4M parameters; basic: SegNet-Basic, 4 stages of "
+        "64 channels with 7x7 kernels, 1.4M (default: %(default)s)",
+    )
+    model.add_argument(
+        "--upsampling",
+        choices=["indices", "nearest"],
+        default="indices",
+        help="indices: unpool with the encoder's max-pooling indices (SegNet); "
+        "nearest: UpSampling2D, an ablation (default: %(default)s)",
+    )
+    model.add_argument(
+        "--backbone-weights",
+        metavar="imagenet|none|PATH",
+        help="encoder initialisation for --variant vgg16: imagenet (downloaded "
+        "once), none (random), or a keras.applications.VGG16(include_top=False) "
+        "weights file (default: imagenet for vgg16, none for basic)",
+    )
+    model.add_argument(
+        "--class-weighting",
+        choices=["none", "median-frequency"],
+        default="none",
+        help="median-frequency: weight each pixel by median(freq)/freq of its "
+        "class, counted on the training masks (the paper on CamVid; "
+        "default: %(default)s)",
+    )
+    training.add_common_args(parser)
+    # The paper's recipe (Sec. 3.2): SGD, lr 0.1, momentum 0.9, batches of 12.
+    parser.set_defaults(
+        optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=12, crop_size=360
+    )
+    args = training.parse_known(parser, argv)
+    if args.backbone_weights is None:
+        args.backbone_weights = "imagenet" if args.variant == "vgg16" else "none"
+    if args.variant == "basic" and args.backbone_weights != "none":
+        parser.error("--variant basic has no pretrained backbone; drop the flag.")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    training.set_up(args, f"segnet_{args.variant}")
+    dataset = training.resolve_dataset(args)
+    # The model first: a failed ImageNet download should not wait for the data.
+    backbone_weights = (
+        None if args.backbone_weights == "none" else args.backbone_weights
+    )
+    model = build_segnet(
+        dataset.num_classes,
+        variant=args.variant,
+        backbone_weights=backbone_weights,
+        upsampling=args.upsampling,
+    )
+    class_weights = None
+    if args.class_weighting == "median-frequency":
+        class_weights = median_frequency_class_weights(args, dataset)
+    train_ds, val_ds, steps = training.make_datasets(
+        args, dataset, valid_input_size=any_input_size, class_weights=class_weights
+    )
+    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+
+
+if __name__ == "__main__":
+    training.run_cli(main)
