@@ -314,11 +314,13 @@ def copy_vgg16_weights(vgg: keras.Model, model: keras.Model) -> None:
     """
     for layer in vgg.layers:
         if layer.name.startswith("block") and layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+            target = model.get_layer(layer.name)
+            target.kernel.assign(layer.kernel)
+            target.bias.assign(layer.bias)
     for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
-        kernel, bias = vgg.get_layer(dense_name).get_weights()
-        conv = model.get_layer(conv_name)
-        conv.set_weights([kernel.reshape(conv.kernel.shape), bias])
+        dense, conv = vgg.get_layer(dense_name), model.get_layer(conv_name)
+        conv.kernel.assign(ops.reshape(dense.kernel, conv.kernel.shape))
+        conv.bias.assign(dense.bias)
 
 
 def init_from(model: keras.Model, path: str) -> list[str]:
