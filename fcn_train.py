@@ -69,16 +69,20 @@ MEMORY_NOTE = """\
 Memory: fc6 alone holds 7*7*512*4096 + 4096 = 102.8M of FCN's 134M parameters
 (411 MB in float32, plus as much again for its gradient and its momentum), and
 VGG-16's full-resolution conv1/conv2 activations grow with batch * crop^2. If you
-run out of GPU memory, lower --crop-size (e.g. 256) or --batch-size (the PAMI
-version trains with batch 1 and --momentum 0.99), or add --mixed-precision."""
+run out of GPU memory, lower --crop-size (default 320; e.g. 256), add
+--mixed-precision, or lower --batch-size (default 20, the paper's) and
+--learning-rate in proportion (1e-4 is for 20 images; the PAMI version trains
+with batch 1 and --momentum 0.99)."""
 
 
 # --------------------------------------------------------------------------
 # Layers that keep the model self-contained
 # --------------------------------------------------------------------------
+# Registered under "fcn", not "segmentation": Keras silently replaces a class
+# registered twice under one name, and another script may define its own.
 
 
-@keras.saving.register_keras_serializable(package="segmentation")
+@keras.saving.register_keras_serializable(package="fcn")
 class VGGPreprocessing(layers.Layer):
     """Map RGB images in [0, 255] to what VGG-16's ImageNet weights expect.
 
@@ -92,13 +96,14 @@ class VGGPreprocessing(layers.Layer):
         return ops.flip(images, axis=-1) - mean
 
 
-@keras.saving.register_keras_serializable(package="segmentation")
+@keras.saving.register_keras_serializable(package="fcn")
 class PadToMultiple(layers.Layer):
-    """Zero-pad the bottom and right of `(B, H, W, C)` so H and W divide `multiple`.
+    """Zero-pad `(B, H, W, C)` at the bottom and right to multiples of `multiple`.
 
-    After `VGGPreprocessing`, zero is the mean pixel, the colour the data
-    pipeline pads with too. Padding at the bottom and right keeps pixel (0, 0)
-    where it was, so the stride grids stay aligned with the image.
+    After `VGGPreprocessing`, zero is VGG's mean pixel, within half a grey
+    level of the ImageNet mean the data pipeline pads with. Padding at the
+    bottom and right keeps pixel (0, 0) where it was, so the stride grids stay
+    aligned with the image.
     """
 
     def __init__(self, multiple: int = 32, **kwargs):
@@ -122,7 +127,7 @@ class PadToMultiple(layers.Layer):
         return {**super().get_config(), "multiple": self.multiple}
 
 
-@keras.saving.register_keras_serializable(package="segmentation")
+@keras.saving.register_keras_serializable(package="fcn")
 class CropToMatch(layers.Layer):
     """Crop `inputs[0]` to the height and width of `inputs[1]`, from the top left.
 
@@ -193,10 +198,10 @@ def convolutional_classifier(x, width: float = 1.0):
 def score(x, num_classes: int, name: str):
     """1x1 convolution to class scores, zero-initialised as in the paper.
 
-    Sec. 4.3: the class scoring layer is zero-initialised ("random
-    initialization did not yield better performance or faster convergence"),
-    and Sec. 4.2: the skip scores start at zero so that a finer net begins as
-    the coarser one it was initialised from.
+    Sec. 4.3 zero-initialises the class scoring layer (random initialisation
+    gave neither better results nor faster convergence), and Sec. 4.2 the
+    skip scores, so that a finer net begins as the coarser one it was
+    initialised from.
     """
     return layers.Conv2D(num_classes, 1, kernel_initializer="zeros", name=name)(x)
 
@@ -345,6 +350,9 @@ def init_from(model: keras.Model, path: str) -> list[str]:
     if not copied:
         raise ValueError(f"--init-from {path}: no layer matches this model.")
     print(f"Initialised {len(copied)} layers from {path}: {', '.join(copied)}")
+    unused = sorted(set(source_layers) - set(copied))
+    if unused:
+        print(f"Not used from {path}: {', '.join(unused)}")
     return copied
 
 
@@ -417,6 +425,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = training.parse_known(parser, argv)
     if args.backbone_weights.lower() == "none":
         args.backbone_weights = None
+    if args.width != 1.0 and args.backbone_weights and not args.init_from:
+        parser.error("--width other than 1 needs --backbone-weights none")
     return args
 
 

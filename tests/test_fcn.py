@@ -220,9 +220,9 @@ def test_main_trains_on_tiny_data(shapes_dir, tmp_path):
         [
             "--dataset", "folder", "--data-dir", shapes_dir, "--num-classes", "6",
             "--variant", "8s", "--backbone-weights", "none", "--width", str(TINY),
-            "--crop-size", "64", "--batch-size", "4", "--epochs", "3",
-            "--steps-per-epoch", "2", "--val-steps", "1", "--num-predictions", "1",
-            # Adam: the paper's SGD at 1e-4 barely moves in six steps.
+            "--crop-size", "64", "--batch-size", "4", "--epochs", "2",
+            "--steps-per-epoch", "3", "--val-steps", "1", "--num-predictions", "1",
+            # Adam: the paper's SGD at 1e-4 would barely move in six steps.
             "--optimizer", "adam", "--learning-rate", "1e-3",
             "--output-dir", output_dir,
         ]
@@ -235,8 +235,8 @@ def test_main_trains_on_tiny_data(shapes_dir, tmp_path):
     assert os.path.isfile(os.path.join(output_dir, "best.keras"))
     with open(os.path.join(output_dir, "history.csv")) as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
-    assert len(losses) == 3
-    assert losses[-1] < losses[0]
+    assert len(losses) == 2
+    assert losses[1] < losses[0]
     keras.backend.clear_session()
 
 
