@@ -57,14 +57,18 @@ import keras
 from keras import layers, ops
 
 from common import training, voc
-from common.layers import BilinearUpsampling
+from common.backbones import load_vgg16
+from common.layers import (
+    BilinearUpsampling,
+    CropToMatch,
+    PadToMultiple,
+    VGGPreprocessing,
+)
 
 VARIANTS = ("32s", "16s", "8s")
 VGG_FILTERS = (64, 128, 256, 512, 512)  # Channels of VGG-16's five conv blocks.
 VGG_CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 FC_UNITS = 4096
-# keras.applications.vgg16.preprocess_input's mean pixel, in BGR order.
-VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 MEMORY_NOTE = """\
 Memory: fc6 alone holds 7*7*512*4096 + 4096 = 102.8M of FCN's 134M parameters
 (411 MB in float32, plus as much again for its gradient and its momentum), and
@@ -73,80 +77,6 @@ run out of GPU memory, lower --crop-size (default 320; e.g. 256), add
 --mixed-precision, or lower --batch-size (default 20, the paper's) and
 --learning-rate in proportion (1e-4 is for 20 images; the PAMI version trains
 with batch 1 and --momentum 0.99)."""
-
-
-# --------------------------------------------------------------------------
-# Layers that keep the model self-contained
-# --------------------------------------------------------------------------
-# Registered under "fcn", not "segmentation": Keras silently replaces a class
-# registered twice under one name, and another script may define its own.
-
-
-@keras.saving.register_keras_serializable(package="fcn")
-class VGGPreprocessing(layers.Layer):
-    """Map RGB images in [0, 255] to what VGG-16's ImageNet weights expect.
-
-    The same arithmetic as `keras.applications.vgg16.preprocess_input` (Caffe
-    style): flip RGB to BGR and subtract the BGR mean pixel. Inside the model,
-    so a saved model takes raw images.
-    """
-
-    def call(self, images):
-        mean = ops.convert_to_tensor(VGG_MEAN_BGR, dtype=images.dtype)
-        return ops.flip(images, axis=-1) - mean
-
-
-@keras.saving.register_keras_serializable(package="fcn")
-class PadToMultiple(layers.Layer):
-    """Zero-pad `(B, H, W, C)` at the bottom and right to multiples of `multiple`.
-
-    After `VGGPreprocessing`, zero is VGG's mean pixel, within half a grey
-    level of the ImageNet mean the data pipeline pads with. Padding at the
-    bottom and right keeps pixel (0, 0) where it was, so the stride grids stay
-    aligned with the image.
-    """
-
-    def __init__(self, multiple: int = 32, **kwargs):
-        super().__init__(**kwargs)
-        self.multiple = multiple
-
-    def call(self, images):
-        height, width = ops.shape(images)[1], ops.shape(images)[2]
-        pad_height = (-height) % self.multiple
-        pad_width = (-width) % self.multiple
-        return ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
-
-    def compute_output_shape(self, input_shape):
-        def padded(size):
-            return None if size is None else voc.round_up(size, self.multiple)
-
-        batch, height, width, channels = input_shape
-        return (batch, padded(height), padded(width), channels)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "multiple": self.multiple}
-
-
-@keras.saving.register_keras_serializable(package="fcn")
-class CropToMatch(layers.Layer):
-    """Crop `inputs[0]` to the height and width of `inputs[1]`, from the top left.
-
-    Undoes `PadToMultiple` (which pads at the bottom and right), where
-    `common.layers.CenterCropToMatch` would cut from every side.
-    """
-
-    def call(self, inputs):
-        tensor, reference = inputs
-        return tensor[:, : ops.shape(reference)[1], : ops.shape(reference)[2]]
-
-    def compute_output_shape(self, input_shapes):
-        tensor_shape, reference_shape = input_shapes
-        return (
-            tensor_shape[0],
-            reference_shape[1],
-            reference_shape[2],
-            tensor_shape[3],
-        )
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +199,9 @@ def build_fcn(
     if backbone_weights is not None and width != 1.0:
         raise ValueError("Pretrained VGG-16 weights need width=1.0.")
     # Load VGG-16 first, so that a failed download fails before the long build.
-    vgg = load_vgg16(backbone_weights) if backbone_weights is not None else None
+    vgg = None
+    if backbone_weights is not None:
+        vgg = load_vgg16(backbone_weights, include_top=True)
 
     images = keras.Input(input_shape, name="image")
     x = VGGPreprocessing(name="vgg_preprocessing")(images)
@@ -279,7 +211,7 @@ def build_fcn(
     scores = score(x, num_classes, "score_fr")  # (B, H/32, W/32, classes)
     x = fuse_skips(scores, pool4, pool3, variant, not freeze_upsampling)
     # Logits stay float32 even under a mixed-precision policy.
-    logits = CropToMatch(dtype="float32", name="logits")([x, images])
+    logits = CropToMatch("top_left", dtype="float32", name="logits")([x, images])
     model = keras.Model(images, logits, name=f"fcn{variant}")
 
     if vgg is not None:
@@ -290,24 +222,6 @@ def build_fcn(
 # --------------------------------------------------------------------------
 # Initialisation: ImageNet VGG-16, or a coarser trained FCN
 # --------------------------------------------------------------------------
-
-
-def load_vgg16(backbone_weights: str) -> keras.Model:
-    """`keras.applications.VGG16` with its top, from "imagenet" or a weights file."""
-    try:
-        return keras.applications.VGG16(weights=backbone_weights, include_top=True)
-    except ValueError:
-        raise  # A path that does not exist or does not fit; Keras says which.
-    except Exception as error:
-        if backbone_weights != "imagenet":
-            raise
-        raise RuntimeError(
-            "Could not download VGG-16's ImageNet weights (528 MB, to "
-            f"~/.keras/models): {error}\nIf this machine is offline, copy "
-            "vgg16_weights_tf_dim_ordering_tf_kernels.h5 here and pass its path "
-            "with --backbone-weights PATH, or train from random weights with "
-            "--backbone-weights none."
-        ) from error
 
 
 def copy_vgg16_weights(vgg: keras.Model, model: keras.Model) -> None:
@@ -401,12 +315,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="multiply every layer's channels (default: %(default)s, the paper's "
         "VGG-16; 0.125 for a quick CPU run with --backbone-weights none)",
     )
-    model.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="compute in float16 (logits and weights stay float32): about half "
-        "the activation memory",
-    )
     training.add_common_args(parser)
     # The paper's optimisation (Sec. 4.3): SGD, momentum 0.9, minibatches of 20
     # images, a fixed learning rate of 1e-4 for VGG-16, weight decay 5e-4. Keras
@@ -432,25 +340,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    training.set_up(args, f"fcn{args.variant}")
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = training.set_up(args, f"fcn{args.variant}")
     dataset = training.resolve_dataset(args)
     # The model takes any size; multiples of 32 just waste no padding inside it.
     train_ds, val_ds, steps = training.make_datasets(
         args, dataset, valid_input_size=lambda size: voc.round_up(size, 32)
     )
 
-    model = build_fcn(
-        dataset.num_classes,
-        args.variant,
-        # A trained FCN replaces the backbone anyway: skip the download.
-        backbone_weights=None if args.init_from else args.backbone_weights,
-        freeze_upsampling=args.freeze_upsampling,
-        width=args.width,
-    )
-    if args.init_from:
-        init_from(model, args.init_from)
+    with strategy.scope():  # Variables live on every replica (tf.distribute).
+        model = build_fcn(
+            dataset.num_classes,
+            args.variant,
+            # A trained FCN replaces the backbone anyway: skip the download.
+            backbone_weights=None if args.init_from else args.backbone_weights,
+            freeze_upsampling=args.freeze_upsampling,
+            width=args.width,
+        )
+        if args.init_from:
+            init_from(model, args.init_from)
     return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
 
 

@@ -56,10 +56,12 @@ import numpy as np
 from keras import layers
 
 from common import training, voc
+from common.backbones import load_vgg16
 from common.layers import (
-    CenterCropToMatch,
+    CropToMatch,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
+    VGGPreprocessing,
     conv_bn_relu,
 )
 from common.losses import median_frequency_weights
@@ -76,9 +78,6 @@ VGG16_DECODER_BLOCKS = (
     (128, 64),
     (64,),
 )
-# The mean RGB of ImageNet that VGG-16's weights were trained with (Caffe's
-# preprocessing, `keras.applications.vgg16.preprocess_input`), on [0, 255].
-VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 BASIC_DEPTH = 4
 BASIC_FILTERS = 64
 BASIC_KERNEL_SIZE = 7
@@ -111,7 +110,7 @@ def upsample(x, pooling, upsampling: str, name: str):
         return MaxUnpooling2D(name=f"{name}_unpool")([x, indices, before_pooling])
     x = layers.UpSampling2D(2, name=f"{name}_upsample")(x)
     # Repeating 23 rows gives 46; the pooling padded at the bottom, so crop there.
-    return CenterCropToMatch(name=f"{name}_crop")([x, before_pooling])
+    return CropToMatch(name=f"{name}_crop")([x, before_pooling])
 
 
 def vgg16_encoder(x):
@@ -194,11 +193,8 @@ def build_segnet(
     if variant == "basic" and backbone_weights is not None:
         raise ValueError("SegNet-Basic has no pretrained backbone; use weights None.")
     inputs = keras.Input(input_shape, name="image")
-    # Caffe-style preprocessing, as VGG-16's ImageNet weights expect: subtract
-    # the mean, keep the [0, 255] scale. (RGB order; see load_vgg16_weights.)
-    x = layers.Normalization(mean=VGG_MEAN_RGB, variance=(1.0,) * 3, name="center")(
-        inputs
-    )
+    # Caffe-style preprocessing, as VGG-16's ImageNet weights expect.
+    x = VGGPreprocessing(name="vgg_preprocessing")(inputs)
     if variant == "vgg16":
         x, poolings = vgg16_encoder(x)
         x = vgg16_decoder(x, poolings, upsampling)
@@ -225,32 +221,15 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
     """Copy VGG-16's convolution kernels into the encoder layers of the same name.
 
     `backbone_weights` is "imagenet" (downloaded once by Keras) or the path of
-    a file that `keras.applications.VGG16(include_top=False)` loads. Two
-    adjustments: VGG-16 was trained on BGR images, so the first kernel's input
-    channels are reversed to read our RGB; and VGG's biases are left out,
-    because the batch norm right after each convolution subtracts any
-    per-channel constant anyway.
+    a file that `keras.applications.VGG16(include_top=False)` loads. VGG's
+    biases are left out: the batch norm right after each convolution
+    subtracts any per-channel constant anyway.
     """
-    try:
-        vgg16 = keras.applications.VGG16(
-            include_top=False, weights=backbone_weights, input_shape=(None, None, 3)
-        )
-    except Exception as error:  # Keras raises a bare Exception when offline.
-        if backbone_weights != "imagenet":
-            raise
-        raise RuntimeError(
-            f"Could not download the ImageNet VGG-16 weights ({error}). If this "
-            "machine is offline, train from scratch with --backbone-weights none, "
-            "or download vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-            "elsewhere and pass its path with --backbone-weights PATH."
-        ) from error
+    vgg16 = load_vgg16(backbone_weights, include_top=False)
     for block, block_filters in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, len(block_filters) + 1):
             name = f"block{block}_conv{conv}"
-            kernel = vgg16.get_layer(name).kernel.numpy()
-            if name == "block1_conv1":
-                kernel = kernel[:, :, ::-1, :]  # BGR -> RGB input channels.
-            model.get_layer(name).kernel.assign(kernel)
+            model.get_layer(name).kernel.assign(vgg16.get_layer(name).kernel)
 
 
 # --------------------------------------------------------------------------
@@ -332,18 +311,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    training.set_up(args, f"segnet_{args.variant}")
+    strategy = training.set_up(args, f"segnet_{args.variant}")
     dataset = training.resolve_dataset(args)
     # The model first: a failed ImageNet download should not wait for the data.
     backbone_weights = (
         None if args.backbone_weights == "none" else args.backbone_weights
     )
-    model = build_segnet(
-        dataset.num_classes,
-        variant=args.variant,
-        backbone_weights=backbone_weights,
-        upsampling=args.upsampling,
-    )
+    with strategy.scope():  # Variables live on every replica (tf.distribute).
+        model = build_segnet(
+            dataset.num_classes,
+            variant=args.variant,
+            backbone_weights=backbone_weights,
+            upsampling=args.upsampling,
+        )
     class_weights = None
     if args.class_weighting == "median-frequency":
         class_weights = median_frequency_class_weights(args, dataset)

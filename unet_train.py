@@ -31,7 +31,7 @@ import keras
 from keras import layers
 
 from common import training, voc
-from common.layers import CenterCropToMatch, conv_bn_relu
+from common.layers import CropToMatch, conv_bn_relu
 
 PAPER_FILTERS = (64, 128, 256, 512)
 
@@ -78,7 +78,7 @@ def build_unet(
         x = layers.Conv2DTranspose(
             level_filters, 2, strides=2, name=f"up{level}_upconv"
         )(x)
-        skip = CenterCropToMatch(name=f"up{level}_crop")([skips[level - 1], x])
+        skip = CropToMatch(name=f"up{level}_crop")([skips[level - 1], x])
         x = layers.Concatenate(name=f"up{level}_concat")([skip, x])
         x = double_conv(x, level_filters, padding, batch_norm, f"up{level}")
 

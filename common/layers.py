@@ -37,25 +37,83 @@ def conv_bn_relu(
     return layers.ReLU(name=f"{name}_relu" if name else None)(x)
 
 
+# VGG-16's ImageNet mean pixel in BGR order (keras.applications.vgg16).
+VGG_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
 @keras.saving.register_keras_serializable(package="segmentation")
-class CenterCropToMatch(layers.Layer):
-    """Crop `inputs[0]` to the height and width of `inputs[1]`, keeping the centre.
+class VGGPreprocessing(layers.Layer):
+    """Map RGB images in [0, 255] to what VGG-16's ImageNet weights expect.
 
-    U-Net's "copy and crop" (Ronneberger et al. 2015, Fig. 1): with unpadded
-    convolutions the encoder's feature map is larger than the decoder's, so its
-    border is cut off before concatenation. Works with dynamic sizes, where
-    `keras.layers.CenterCrop` needs them fixed when the model is built.
-
-    Example: a (1, 64, 64, 8) tensor cropped to match a (1, 56, 56, 16) one
-    loses 4 rows/columns on each side and comes out as (1, 56, 56, 8).
+    The same arithmetic as `keras.applications.vgg16.preprocess_input` (Caffe
+    style): flip RGB to BGR and subtract the BGR mean pixel. Inside the model,
+    so a saved model takes raw images. Used by FCN and SegNet.
     """
+
+    def call(self, images):
+        mean = ops.convert_to_tensor(VGG_MEAN_BGR, dtype=images.dtype)
+        return ops.flip(images, axis=-1) - mean
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class PadToMultiple(layers.Layer):
+    """Zero-pad `(B, H, W, C)` at the bottom and right to multiples of `multiple`.
+
+    Placed after the model's normalisation, zero is the mean pixel (what the
+    data pipeline pads with too). Padding at the bottom and right keeps pixel
+    (0, 0) where it was, so stride grids stay aligned with the image; undo it
+    with `CropToMatch(align="top_left")`.
+    """
+
+    def __init__(self, multiple: int = 32, **kwargs):
+        super().__init__(**kwargs)
+        self.multiple = multiple
+
+    def call(self, images):
+        height, width = ops.shape(images)[1], ops.shape(images)[2]
+        pad_height = (-height) % self.multiple
+        pad_width = (-width) % self.multiple
+        return ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+
+    def compute_output_shape(self, input_shape):
+        def padded(size):
+            return None if size is None else -(-size // self.multiple) * self.multiple
+
+        batch, height, width, channels = input_shape
+        return (batch, padded(height), padded(width), channels)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class CropToMatch(layers.Layer):
+    """Crop `inputs[0]` to the height and width of `inputs[1]`.
+
+    `align="center"` is U-Net's "copy and crop" (Ronneberger et al. 2015,
+    Fig. 1): with unpadded convolutions the encoder's map is larger than the
+    decoder's, so its border is cut off evenly before concatenation.
+    `align="top_left"` undoes `PadToMultiple`, which pads at the bottom/right.
+    Works with dynamic sizes, where `keras.layers.CenterCrop` needs them fixed.
+
+    Example: a (1, 64, 64, 8) tensor centre-cropped to match a (1, 56, 56, 16)
+    one loses 4 rows/columns on each side and comes out as (1, 56, 56, 8).
+    """
+
+    def __init__(self, align: str = "center", **kwargs):
+        super().__init__(**kwargs)
+        if align not in ("center", "top_left"):
+            raise ValueError(f"align must be 'center' or 'top_left', not {align!r}")
+        self.align = align
 
     def call(self, inputs):
         tensor, reference = inputs
         height, width = ops.shape(tensor)[1], ops.shape(tensor)[2]
         target_height, target_width = ops.shape(reference)[1], ops.shape(reference)[2]
-        top = (height - target_height) // 2
-        left = (width - target_width) // 2
+        top, left = 0, 0
+        if self.align == "center":
+            top = (height - target_height) // 2
+            left = (width - target_width) // 2
         return tensor[:, top : top + target_height, left : left + target_width]
 
     def compute_output_shape(self, input_shapes):
@@ -66,6 +124,9 @@ class CenterCropToMatch(layers.Layer):
             reference_shape[2],
             tensor_shape[3],
         )
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "align": self.align}
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import fcn_train
+from common.layers import VGG_MEAN_BGR
+from common.voc import InputError
 from fcn_train import build_fcn
 
 TINY = 1 / 16  # Channels 4 ... 32, fc6/fc7 256: seconds on a CPU.
@@ -79,7 +81,7 @@ def test_offline_imagenet_download_names_the_way_out(monkeypatch):
         raise Exception("URL fetch failure: [Errno -3] name resolution")
 
     monkeypatch.setattr(file_utils, "get_file", no_network)
-    with pytest.raises(RuntimeError, match="--backbone-weights none"):
+    with pytest.raises(InputError, match="--backbone-weights none"):
         build_fcn(21, "8s", backbone_weights="imagenet")
     keras.backend.clear_session()
 
@@ -142,7 +144,7 @@ def test_padding_inside_the_model_keeps_pixels_in_place():
     model = build_fcn(6, "8s", width=TINY)
     randomize_scores(model)
     image = random_images(1, 120, 100)
-    mean_rgb = np.array(fcn_train.VGG_MEAN_BGR[::-1], "float32")
+    mean_rgb = np.array(VGG_MEAN_BGR[::-1], "float32")
     padded = np.broadcast_to(mean_rgb, (1, 128, 128, 3)).copy()
     padded[:, :120, :100] = image
     logits = model.predict(image, verbose=0)

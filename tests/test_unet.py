@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from common.layers import CenterCropToMatch
+from common.layers import CropToMatch
 from unet_train import build_unet, label_margin, valid_input_size, valid_output_size
 
 
@@ -41,7 +41,7 @@ def test_valid_padding_on_a_small_tile():
 
 def test_copy_and_crop_keeps_the_centre():
     tensor = np.arange(6 * 6, dtype=np.float32).reshape(1, 6, 6, 1)
-    cropped = CenterCropToMatch()([tensor, np.zeros((1, 2, 2, 3), np.float32)])
+    cropped = CropToMatch()([tensor, np.zeros((1, 2, 2, 3), np.float32)])
     np.testing.assert_array_equal(cropped[0, ..., 0], [[14, 15], [20, 21]])
 
 
