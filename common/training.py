@@ -3,9 +3,11 @@
 A script defines its model and calls, in order:
 
     args = parse_args(argv)              # with training.add_common_args(parser)
+    strategy = training.set_up(args, "myscript")   # seed, precision, devices
     dataset = training.resolve_dataset(args)
     train_ds, val_ds, steps = training.make_datasets(args, dataset)
-    model = build_my_model(dataset.num_classes, ...)
+    with strategy.scope():
+        model = build_my_model(dataset.num_classes, ...)
     results = training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
 
 Outputs, all in `--output-dir`: `best.keras` (best validation mean IoU),
@@ -39,23 +41,6 @@ from common.metrics import (
 )
 
 VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
-# CamVid as the SegNet tutorial ships it: train/ trainannot/ val/ valannot/
-# test/ testannot/, 360x480, single-channel masks with 11 = void.
-CAMVID_DIR = os.path.join("data", "CamVid")
-CAMVID_CLASSES = (
-    "sky",
-    "building",
-    "pole",
-    "road",
-    "pavement",
-    "tree",
-    "signsymbol",
-    "fence",
-    "car",
-    "pedestrian",
-    "bicyclist",
-)
-CAMVID_VOID = 11
 
 
 # --------------------------------------------------------------------------
@@ -79,7 +64,7 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     data.add_argument(
         "--data-dir",
         help=f"dataset folder (default: {VOC_DIR} for voc, data/shapes for shapes, "
-        f"{CAMVID_DIR} for camvid)",
+        f"{voc.CAMVID_DIR} for camvid)",
     )
     data.add_argument(
         "--num-classes",
@@ -242,7 +227,10 @@ def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
         return voc.DatasetSpec(args.data_dir or VOC_DIR, "voc", voc.VOC_CLASSES)
     if args.dataset == "camvid":
         return voc.DatasetSpec(
-            args.data_dir or CAMVID_DIR, "camvid", CAMVID_CLASSES, CAMVID_VOID
+            args.data_dir or voc.CAMVID_DIR,
+            "camvid",
+            voc.CAMVID_CLASSES,
+            voc.CAMVID_VOID,
         )
     if args.data_dir is None or args.num_classes is None:
         raise voc.DatasetError("--dataset folder needs --data-dir and --num-classes.")

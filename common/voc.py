@@ -53,6 +53,23 @@ VOC_CLASSES = (
     "train",
     "tvmonitor",
 )
+# CamVid as the SegNet tutorial ships it: train/ trainannot/ val/ valannot/
+# test/ testannot/, 360x480, single-channel masks with 11 = void.
+CAMVID_CLASSES = (
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "signsymbol",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+)
+CAMVID_VOID = 11
+CAMVID_DIR = os.path.join("data", "CamVid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 DOWNLOAD_HINT = (
     "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, point --data-dir "
