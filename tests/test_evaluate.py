@@ -92,3 +92,32 @@ def test_multiscale_returns_probabilities_at_the_original_size():
 def test_bad_scales_are_a_clear_error():
     with pytest.raises(InputError, match="--scales"):
         inference.parse_scales("0.5,big")
+
+
+def tiny_models():
+    from fcn_train import build_fcn
+    from segnet_train import build_segnet
+    from unet_train import build_unet
+
+    yield build_fcn(6, "8s", width=1 / 16)
+    yield build_segnet(6, variant="basic")
+    yield build_unet(6, filters=(4, 8, 16, 32))
+
+
+def test_every_script_s_saved_model_loads_for_evaluation(tmp_path):
+    for model in tiny_models():
+        path = str(tmp_path / f"{model.name}.keras")
+        model.save(path)
+        reloaded = inference.load_model(path)
+        inference.check_same_size_output(reloaded)
+        image = np.random.default_rng(0).uniform(0, 255, (45, 61, 3))
+        probabilities = inference.predict_probabilities(reloaded, image)
+        assert probabilities.shape == (45, 61, 6), model.name
+
+
+def test_valid_padding_unet_is_refused_with_a_pointer_to_its_results():
+    from unet_train import build_unet
+
+    model = build_unet(3, padding="valid", filters=(4, 8, 16, 32))
+    with pytest.raises(InputError, match="results.json"):
+        inference.check_same_size_output(model)
