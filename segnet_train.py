@@ -58,6 +58,7 @@ from keras import layers
 from common import training, voc
 from common.backbones import load_vgg16
 from common.layers import (
+    BN_MOMENTUM,
     CropToMatch,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
@@ -163,7 +164,9 @@ def basic_decoder(x, poolings, upsampling: str):
             kernel_initializer="he_normal",
             name=f"decoder{stage}_conv",
         )(x)
-        x = layers.BatchNormalization(name=f"decoder{stage}_conv_bn")(x)
+        x = layers.BatchNormalization(
+            momentum=BN_MOMENTUM, name=f"decoder{stage}_conv_bn"
+        )(x)
     return x  # (batch, h, w, 64)
 
 
