@@ -5,11 +5,12 @@ nothing downloaded, through exactly the same reading code as VOC: JPEG images,
 palette PNG masks, `ImageSets/Segmentation/{train,val,trainval}.txt`.
 
 It is a real segmentation task, not a colour lookup. Five object classes are
-told apart only by their **shape** (circle, square, triangle, star, cross);
-each object gets a random colour and a random texture (flat, stripes, checks,
-noise) that say nothing about its class. Objects overlap, run off the image
-border, sit on textured backgrounds, and are outlined by a void (255) band as
-VOC objects are. Image sizes vary from 96 to 160 pixels a side.
+told apart by their **shape** (circle, square, triangle, star, cross) and,
+less reliably, their texture: each class prefers one of four textures (flat,
+stripes, checks, blotches) 60% of the time, and colours are random. Objects
+overlap, run off the image border, sit on low-contrast textured backgrounds,
+and are outlined by a void (255) band as VOC objects are. Image sizes vary
+from 96 to 160 pixels a side.
 
     python -m common.shapes data/shapes   # generate (a few seconds)
 """
@@ -28,7 +29,7 @@ from common.voc import IGNORE_LABEL, voc_colormap
 
 SHAPES_CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "shapes")
-_VERSION = 1  # Bump when the generator changes, so old folders are rebuilt.
+_VERSION = 3  # Bump when the generator changes, so old folders are rebuilt.
 
 
 def _polygon(kind: str, center: np.ndarray, radius: float, angle: float) -> np.ndarray:
@@ -70,7 +71,7 @@ def _shape_mask(
 ) -> np.ndarray:
     """A boolean mask of one object, placed anywhere, possibly cut by the border."""
     mask = np.zeros((height, width), np.uint8)
-    radius = rng.uniform(10, 0.28 * min(height, width))
+    radius = rng.uniform(0.12, 0.3) * min(height, width)
     center = rng.uniform([-0.1 * width, -0.1 * height], [1.1 * width, 1.1 * height])
     if kind == "circle":
         cv2.circle(mask, tuple(int(c) for c in center), int(radius), 1, thickness=-1)
@@ -80,11 +81,18 @@ def _shape_mask(
     return mask.astype(bool)
 
 
-def _texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """A random two-colour texture, float32 `(H, W, 3)` in [0, 255]."""
-    colors = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+def _texture(
+    height: int, width: int, rng: np.random.Generator, kind: int, contrast: float
+) -> np.ndarray:
+    """A two-colour texture, float32 `(H, W, 3)` in [0, 255].
+
+    kind: 0 flat, 1 stripes, 2 checks, 3 blotches; `contrast` (0-1) scales the
+    difference between the two colours.
+    """
+    base = rng.uniform(0, 255, 3).astype(np.float32)
+    other = rng.uniform(0, 255, 3).astype(np.float32)
+    colors = np.stack([base, base + contrast * (other - base)])
     y, x = np.mgrid[:height, :width].astype(np.float32)
-    kind = rng.integers(4)
     period = rng.uniform(4, 14)
     if kind == 0:  # flat
         mix = np.zeros((height, width), np.float32)
@@ -103,12 +111,15 @@ def _texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 def make_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8 `(H, W, 3)`) and its mask (uint8 `(H, W)`, 255 = void)."""
     height, width = (int(v) for v in rng.integers(96, 161, size=2))
-    image = _texture(height, width, rng)
+    # A low-contrast background, so that objects stand out by their edges.
+    image = _texture(height, width, rng, int(rng.integers(4)), contrast=0.3)
     label = np.zeros((height, width), np.uint8)
-    for _ in range(rng.integers(1, 5)):
+    for _ in range(rng.integers(2, 6)):
         class_index = int(rng.integers(1, len(SHAPES_CLASSES)))
         shape = _shape_mask(SHAPES_CLASSES[class_index], height, width, rng)
-        image[shape] = _texture(height, width, rng)[shape]
+        # Each class prefers one texture (60%), any colour: a cue, not the answer.
+        kind = (class_index - 1) % 4 if rng.uniform() < 0.6 else int(rng.integers(4))
+        image[shape] = _texture(height, width, rng, kind, contrast=1.0)[shape]
         label[shape] = class_index
     # VOC outlines objects with a void band; later objects occlude earlier ones.
     kernel = np.ones((3, 3), np.uint8)
