@@ -377,7 +377,7 @@ def xception65(images, output_stride: int):
 # --------------------------------------------------------------------------
 
 
-def largefov_head(x, num_classes: int):
+def largefov_head(x, num_classes: int, filters: int = 1024):
     """fc6 as a 3x3 conv with dilation 12 and fc7 as a 1x1 conv (v1, Sec. 4.1).
 
     The paper subsamples VGG's 4096-channel fc layers to 1024 channels and
@@ -385,10 +385,10 @@ def largefov_head(x, num_classes: int):
     12 (224 pixels of the input at output stride 8).
     """
     x = layers.Conv2D(
-        1024, 3, padding="same", dilation_rate=12, activation="relu", name="fc6"
+        filters, 3, padding="same", dilation_rate=12, activation="relu", name="fc6"
     )(x)
     x = layers.Dropout(0.5, name="fc6_dropout")(x)
-    x = layers.Conv2D(1024, 1, activation="relu", name="fc7")(x)
+    x = layers.Conv2D(filters, 1, activation="relu", name="fc7")(x)
     x = layers.Dropout(0.5, name="fc7_dropout")(x)
     return layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
 
@@ -486,6 +486,7 @@ def build_deeplab(
     multi_grid: Sequence[int] = MULTI_GRID,
     aspp_atrous: bool | None = None,
     resnet_blocks: Sequence[int] = RESNET50_BLOCKS,
+    head_filters: int | None = None,
 ) -> keras.Model:
     """Return DeepLab `variant`, mapping images in [0, 255] to logits at input size.
 
@@ -495,7 +496,8 @@ def build_deeplab(
     applies to ResNet-50 in v3 and v3+; `aspp_atrous=False` drops ASPP's
     three atrous branches (default: dropped for MobileNetV2 only, as in the
     model zoo). `backbone_weights`: None, "imagenet" or a file (see
-    `load_backbone_weights`).
+    `load_backbone_weights`). `head_filters` narrows the head for quick CPU
+    runs (default: 1024 for v1's fc6/fc7, 256 for ASPP and the decoder).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -524,7 +526,7 @@ def build_deeplab(
     x = layers.Identity(name="features")(features)  # (b, h/os, w/os, channels)
 
     if variant == "v1":
-        logits = largefov_head(x, num_classes)
+        logits = largefov_head(x, num_classes, head_filters or 1024)
     elif variant == "v2":
         logits = aspp_l(x, num_classes, aspp_rates(variant, output_stride))
     else:
@@ -532,9 +534,9 @@ def build_deeplab(
             aspp_atrous = backbone != "mobilenetv2"
         rates = aspp_rates(variant, output_stride) if aspp_atrous else ()
         separable = backbone == "xception"
-        x = aspp(x, rates, separable)
+        x = aspp(x, rates, separable, head_filters or 256)
         if variant == "v3plus":
-            x = decoder(x, low_level, separable)
+            x = decoder(x, low_level, separable, head_filters or 256)
         logits = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
     # Bilinear upsampling to the input: the loss sees full-resolution logits.
     logits = ResizeLike(dtype="float32", name="upsample_logits")([logits, images])
@@ -695,6 +697,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "quick CPU run)",
     )
     model.add_argument(
+        "--head-filters",
+        type=int,
+        help="channels of v1's fc6/fc7 (default: 1024) or of the v3/v3plus ASPP "
+        "and decoder (default: 256); fewer for a quick CPU run, where dilated "
+        "convolutions train slowly",
+    )
+    model.add_argument(
         "--freeze-bn",
         action=argparse.BooleanOptionalAction,
         help="use BN's moving statistics (from ImageNet) instead of batch "
@@ -799,8 +808,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         multi_grid=args.multi_grid,
         aspp_atrous=args.aspp_atrous,
         resnet_blocks=args.resnet_blocks,
+        head_filters=args.head_filters,
     )
-    if args.freeze_bn:
+    if args.freeze_bn and args.variant != "v1":  # VGG-16 has no batch norm.
         print(f"Froze {freeze_batch_norm(model)} batch norm layers (--freeze-bn).")
     print(
         f"{model.name}: learning rate {args.learning_rate:g}, weight decay "
