@@ -279,7 +279,7 @@ def mobilenetv2(images, output_stride: int):
                 x, expansion, filters, stride if repeat == 0 else 1, schedule, unit
             )
             if unit == 2:
-                low_level = x  # (batch, h/4, w/4, 24)
+                low_level = x  # (batch, h/4, w/4, 24): v3+ decoder input.
             unit += 1
     return x, low_level  # (batch, h/os, w/os, 320)
 
@@ -338,7 +338,10 @@ def xception65(images, output_stride: int):
     Entry flow: two 3x3 convs and three units with stride 2; middle flow: 16
     identity units of 728 channels; exit flow: a 728-1024-1024 unit (stride
     2, dilated away at output stride 16) and a 1536-1536-2048 unit with ReLU
-    inside its separable convs. No ImageNet weights exist in Keras for it.
+    inside its separable convs. Fig. 4 draws BN and ReLU after every
+    depthwise conv; the released checkpoints (and this code) have that only in
+    the last unit, the others starting each separable conv with a ReLU
+    instead. No ImageNet weights exist in Keras for it.
     """
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(images)
     schedule = OutputStride(output_stride)
@@ -609,11 +612,18 @@ def load_backbone_weights(
     else:
         raise FileNotFoundError(f"--backbone-weights: no file {backbone_weights!r}")
 
+    own_layers = {layer.name: layer for layer in model.layers}
     copied = 0
     for layer in source.layers:
-        if layer.weights and layer.name in {own.name for own in model.layers}:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
-            copied += 1
+        own = own_layers.get(layer.name)
+        if not layer.weights or own is None:
+            continue
+        weights = layer.get_weights()
+        if [w.shape for w in weights] != [tuple(w.shape) for w in own.weights]:
+            print(f"Not loading {layer.name}: its weights have other shapes.")
+            continue
+        own.set_weights(weights)
+        copied += 1
     if copied == 0:
         raise ValueError(f"No layer of {backbone_weights!r} matches {model.name}.")
     if backbone == "vgg16" and "fc1" in {layer.name for layer in source.layers}:
@@ -626,10 +636,11 @@ def freeze_batch_norm(model: keras.Model) -> int:
 
     In Keras 3 a `BatchNormalization` with `trainable=False` runs in inference
     mode even during `fit`: it normalises with its moving mean and variance,
-    does not update them, and does not train gamma and beta. That is what the
-    DeepLab papers do at small batch sizes (v3, Sec. 4.1: "fine_tune_batch_norm
-    = False"), except that their gamma and beta keep training. Returns the
-    number of frozen layers.
+    does not update them, and does not train gamma and beta. That is how
+    DeepLab is fine-tuned at small batch sizes (the official code's
+    `fine_tune_batch_norm=False`; v3, Sec. 4.1 trains BN at batch 16 only and
+    then freezes it), except that there gamma and beta keep training. Returns
+    the number of frozen layers.
     """
     frozen = 0
     for layer in model.layers:
@@ -723,7 +734,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.epilog = (
         "Defaults follow the papers: SGD with momentum 0.9, poly learning rate "
         "(power 0.9) from 0.007 per 16 images (v1: 0.001 per 20), weight decay "
-        "1e-4 (resnet50), 4e-5 (xception, mobilenetv2) or 5e-4 (vgg16). Crop "
+        "1e-4 (resnet50), 4e-5 (xception, mobilenetv2) or 5e-4 (vgg16); Keras' "
+        "decay is decoupled from the gradient, so with momentum 0.9 it acts about "
+        "10x weaker than the papers' L2 loss of the same value. Crop "
         "512, not the papers' 513: TensorFlow's DeepLab resizes with "
         "align_corners=True, where 513 = 32 * 16 + 1 puts a pixel on both "
         "borders; Keras resizes with half-pixel centres, where multiples of the "

@@ -228,16 +228,33 @@ def test_caffe_normalization_matches_keras_preprocess():
 # --------------------------------------------------------------------------
 
 
-def test_backbone_weights_from_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_backbone_weights_from_file(tmp_path, suffix):
     source = keras.applications.MobileNetV2(weights=None, include_top=False)
-    path = str(tmp_path / "mobilenetv2.weights.h5")
-    source.save_weights(path)
+    path = str(tmp_path / f"mobilenetv2{suffix}")
+    source.save_weights(path) if suffix == ".weights.h5" else source.save(path)
     model = build_deeplab(21, "v3", "mobilenetv2", backbone_weights=path)
     for name in ("Conv1", "block_5_expand", "block_16_project_BN"):
         for ours, theirs in zip(
             model.get_layer(name).get_weights(), source.get_layer(name).get_weights()
         ):
             np.testing.assert_array_equal(ours, theirs)
+
+
+def test_backbone_weights_from_earlier_run_skip_other_classes(tmp_path):
+    """A DeepLab trained on other classes gives everything but its logits."""
+    earlier = build_deeplab(6, "v3", "resnet50", resnet_blocks=TINY_RESNET)
+    path = str(tmp_path / "earlier.keras")
+    earlier.save(path)
+    model = build_deeplab(
+        21, "v3", "resnet50", resnet_blocks=TINY_RESNET, backbone_weights=path
+    )
+    for name in ("conv1_conv", "aspp1", "concat_projection_bn"):
+        for ours, theirs in zip(
+            model.get_layer(name).get_weights(), earlier.get_layer(name).get_weights()
+        ):
+            np.testing.assert_array_equal(ours, theirs)
+    assert model.get_layer("logits").kernel.shape[-1] == 21
 
 
 def test_offline_imagenet_error_names_the_fix(monkeypatch):
