@@ -515,6 +515,11 @@ def build_deeplab(
         raise ValueError(
             f"output_stride must be 8 or 16 (8 for v1), not {output_stride}."
         )
+    if backbone == "xception" and backbone_weights == "imagenet":
+        raise ValueError(
+            "Keras has no ImageNet weights for aligned Xception-65: use "
+            "--backbone-weights none or a .keras file with its layer names."
+        )
 
     images = keras.Input(input_shape, name="image")
     if backbone == "vgg16":
@@ -592,11 +597,6 @@ def load_backbone_weights(
         return
     if backbone_weights.endswith(".keras"):
         source = keras.saving.load_model(backbone_weights, compile=False)
-    elif backbone == "xception":
-        raise ValueError(
-            "Keras has no ImageNet weights for aligned Xception-65: use "
-            "--backbone-weights none or a .keras file with its layer names."
-        )
     elif backbone_weights == "imagenet":
         try:
             source = keras_application(backbone, "imagenet")
