@@ -200,6 +200,8 @@ def resnet50(
     for stage, (filters, units, stride) in enumerate(
         zip((64, 128, 256, 512), blocks, (1, 2, 2, 2)), start=2
     ):
+        # The stride sits on the stage's first 1x1 conv, before any 3x3, so a
+        # stage whose stride is removed dilates all of its 3x3 convs.
         stride, _ = schedule.strided(stride)
         for unit in range(units):
             grid = multi_grid[unit % len(multi_grid)] if stage == 5 else 1
