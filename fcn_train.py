@@ -57,12 +57,12 @@ import keras
 from keras import layers, ops
 
 from common import training, voc
-from common.backbones import load_vgg16
+from common.backbones import load_application
 from common.layers import (
     BilinearUpsampling,
+    CaffeNormalization,
     CropToMatch,
     PadToMultiple,
-    VGGPreprocessing,
 )
 
 VARIANTS = ("32s", "16s", "8s")
@@ -201,10 +201,10 @@ def build_fcn(
     # Load VGG-16 first, so that a failed download fails before the long build.
     vgg = None
     if backbone_weights is not None:
-        vgg = load_vgg16(backbone_weights, include_top=True)
+        vgg = load_application("vgg16", backbone_weights, include_top=True)
 
     images = keras.Input(input_shape, name="image")
-    x = VGGPreprocessing(name="vgg_preprocessing")(images)
+    x = CaffeNormalization(name="caffe_normalization")(images)
     x = PadToMultiple(32, name="pad_to_32")(x)
     pool3, pool4, pool5 = vgg16_features(x, width)
     x = convolutional_classifier(pool5, width)

@@ -56,13 +56,13 @@ import numpy as np
 from keras import layers
 
 from common import training, voc
-from common.backbones import load_vgg16
+from common.backbones import load_application
 from common.layers import (
     BN_MOMENTUM,
+    CaffeNormalization,
     CropToMatch,
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
-    VGGPreprocessing,
     conv_bn_relu,
 )
 from common.losses import median_frequency_weights
@@ -197,7 +197,7 @@ def build_segnet(
         raise ValueError("SegNet-Basic has no pretrained backbone; use weights None.")
     inputs = keras.Input(input_shape, name="image")
     # Caffe-style preprocessing, as VGG-16's ImageNet weights expect.
-    x = VGGPreprocessing(name="vgg_preprocessing")(inputs)
+    x = CaffeNormalization(name="caffe_normalization")(inputs)
     if variant == "vgg16":
         x, poolings = vgg16_encoder(x)
         x = vgg16_decoder(x, poolings, upsampling)
@@ -228,7 +228,7 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
     biases are left out: the batch norm right after each convolution
     subtracts any per-channel constant anyway.
     """
-    vgg16 = load_vgg16(backbone_weights, include_top=False)
+    vgg16 = load_application("vgg16", backbone_weights)
     for block, block_filters in enumerate(VGG16_BLOCKS, start=1):
         for conv in range(1, len(block_filters) + 1):
             name = f"block{block}_conv{conv}"

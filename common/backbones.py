@@ -6,29 +6,31 @@ import keras
 
 from common.voc import InputError
 
+APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenetv2": "MobileNetV2"}
 
-def load_vgg16(backbone_weights: str, include_top: bool) -> keras.Model:
-    """`keras.applications.VGG16` from "imagenet" (downloaded once) or a weights file.
 
-    `include_top=True` keeps fc1/fc2, which FCN turns into convolutions.
+def load_application(
+    name: str, weights: str | None, include_top: bool = False
+) -> keras.Model:
+    """A `keras.applications` model: random (None), "imagenet", or a weights file.
+
+    Our backbones use the applications' layer names, so weights are copied
+    across by name. `include_top=True` keeps VGG-16's fc1/fc2, which FCN and
+    DeepLab v1 turn into convolutions. "imagenet" is downloaded once to
+    ~/.keras/models; offline, that fails with a message that says what to do.
     """
+    application = getattr(keras.applications, APPLICATIONS[name])
+    shape = None if include_top else (None, None, 3)
     try:
-        return keras.applications.VGG16(
-            weights=backbone_weights,
-            include_top=include_top,
-            input_shape=None if include_top else (None, None, 3),
-        )
+        return application(weights=weights, include_top=include_top, input_shape=shape)
     except ValueError:
-        raise  # A path that does not exist or does not fit; Keras says which.
+        raise  # A file that does not exist or does not fit; Keras says which.
     except Exception as error:  # Keras raises a bare Exception when offline.
-        if backbone_weights != "imagenet":
+        if weights != "imagenet":
             raise
-        file = "vgg16_weights_tf_dim_ordering_tf_kernels" + (
-            ".h5" if include_top else "_notop.h5"
-        )
         raise InputError(
-            f"Could not download VGG-16's ImageNet weights ({error}). If this "
-            f"machine is offline, copy {file} here and pass its path with "
-            "--backbone-weights PATH, or train from random weights with "
+            f"Could not download the ImageNet weights of {name} ({error}). If "
+            "this machine is offline, download them elsewhere and pass the file "
+            "with --backbone-weights PATH, or train from random weights with "
             "--backbone-weights none."
         ) from error

@@ -49,17 +49,26 @@ VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="segmentation")
-class VGGPreprocessing(layers.Layer):
-    """Map RGB images in [0, 255] to what VGG-16's ImageNet weights expect.
+class CaffeNormalization(layers.Layer):
+    """RGB in [0, 255] -> BGR minus the ImageNet mean: Caffe-trained backbones.
 
-    The same arithmetic as `keras.applications.vgg16.preprocess_input` (Caffe
-    style): flip RGB to BGR and subtract the BGR mean pixel. Inside the model,
-    so a saved model takes raw images. Used by FCN and SegNet.
+    VGG-16 and ResNet-50 in `keras.applications` were converted from Caffe and
+    expect `keras.applications.vgg16.preprocess_input` (mode "caffe"): channels
+    flipped to BGR and the mean pixel subtracted, no scaling. Doing it inside
+    the model means `model.predict` on a raw image sees what training saw.
+    Used by FCN, SegNet and DeepLab (VGG-16, ResNet-50).
     """
 
+    def __init__(self, mean_bgr=VGG_MEAN_BGR, **kwargs):
+        super().__init__(**kwargs)
+        self.mean_bgr = tuple(float(value) for value in mean_bgr)
+
     def call(self, images):
-        mean = ops.convert_to_tensor(VGG_MEAN_BGR, dtype=images.dtype)
-        return ops.flip(images, axis=-1) - mean
+        bgr = ops.flip(ops.cast(images, self.compute_dtype), axis=-1)
+        return bgr - ops.convert_to_tensor(self.mean_bgr, dtype=self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean_bgr": self.mean_bgr}
 
 
 @keras.saving.register_keras_serializable(package="segmentation")
@@ -283,3 +292,100 @@ class BilinearUpsampling(keras.initializers.Initializer):
 
     def get_config(self) -> dict:
         return {}
+
+
+# --------------------------------------------------------------------------
+# Atrous (dilated) networks: DeepLab v1-v3+ (deeplab_train.py)
+# --------------------------------------------------------------------------
+
+
+def separable_conv_bn(
+    x,
+    filters: int,
+    kernel_size: int = 3,
+    *,
+    strides: int = 1,
+    dilation_rate: int = 1,
+    relu_inside: bool = True,
+    epsilon: float = 1e-3,
+    name: str,
+):
+    """Depthwise-separable convolution with batch norm (DeepLab v3+, Sec. 3.2).
+
+    A depthwise `kernel_size` convolution (one filter per channel, optionally
+    atrous) followed by a 1x1 "pointwise" convolution that mixes channels:
+    about `kernel_size**2` times fewer weights and multiply-adds than a full
+    convolution with the same receptive field.
+
+    `relu_inside=True` is the block of the v3+ ASPP and decoder:
+    depthwise -> BN -> ReLU -> pointwise -> BN -> ReLU. `relu_inside=False` is
+    the pre-activation form inside the Xception backbone's residual units
+    (Chollet 2017, Fig. 5): ReLU -> depthwise -> BN -> pointwise -> BN, the
+    residual sum coming after the last BN. Layer names are `{name}_depthwise`,
+    `{name}_depthwise_BN`, `{name}_pointwise`, `{name}_pointwise_BN`, as in
+    the Keras ports of the DeepLab model zoo.
+    """
+    if not relu_inside:
+        x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.DepthwiseConv2D(
+        kernel_size,
+        strides=strides,
+        dilation_rate=dilation_rate,
+        padding="same",
+        use_bias=False,
+        name=f"{name}_depthwise",
+    )(x)
+    x = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_depthwise_BN")(x)
+    if relu_inside:
+        x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
+    x = layers.Conv2D(
+        filters,
+        1,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        name=f"{name}_pointwise",
+    )(x)
+    x = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_pointwise_BN")(x)
+    if relu_inside:
+        x = layers.ReLU(name=f"{name}_pointwise_relu")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class ResizeLike(layers.Layer):
+    """Resize `inputs[0]` to the height and width of `inputs[1]` (any sizes).
+
+    DeepLab resizes three times: the image-pooling features back to the
+    feature map, the encoder output to the decoder's stride-4 features, and the
+    logits to the input image. Taking the target size from a tensor at run
+    time, instead of a factor fixed when the model is built, lets one model
+    take 513x513, 512x512 and 500x375 images alike. Keras resizes with
+    half-pixel centres (`align_corners=False`).
+
+    Example: a (2, 33, 33, 21) tensor resized like a (2, 513, 513, 3) one
+    comes out as (2, 513, 513, 21).
+    """
+
+    def __init__(self, interpolation: str = "bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        tensor, reference = inputs
+        # tf.image.resize, not keras.ops.image.resize: the latter checks
+        # `size > 0` in Python, which fails when the size is only known at run time.
+        size = ops.shape(reference)[1:3]
+        resized = tf.image.resize(tensor, size, method=self.interpolation)
+        return ops.cast(resized, self.compute_dtype)
+
+    def compute_output_shape(self, input_shapes):
+        tensor_shape, reference_shape = input_shapes
+        return (
+            tensor_shape[0],
+            reference_shape[1],
+            reference_shape[2],
+            tensor_shape[3],
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "interpolation": self.interpolation}
