@@ -22,6 +22,25 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return COLORMAP[np.asarray(mask, np.uint8)]
 
 
+def legend_handles(
+    masks: Sequence[np.ndarray], class_names: Sequence[str]
+) -> list[Patch]:
+    """One legend patch per class that occurs in `masks`, in the colours of `colorize`.
+
+    For `figure.legend(handles=...)`: a figure of colourised masks names every
+    class it shows, and void (255) as "void (ignored)".
+    """
+    shown = np.unique(np.concatenate([np.ravel(mask) for mask in masks]))
+    handles = [
+        Patch(color=COLORMAP[index] / 255, label=class_names[index])
+        for index in shown
+        if index < len(class_names)
+    ]
+    if IGNORE_LABEL in shown:
+        handles.append(Patch(color=np.array(VOID_COLOR) / 255, label="void (ignored)"))
+    return handles
+
+
 def plot_history(csv_path: str, out_path: str) -> None:
     """Loss and mean IoU per epoch, train vs validation, from Keras' CSVLogger file."""
     with open(csv_path) as f:
@@ -78,14 +97,7 @@ def plot_predictions(
             axis.set_axis_off()
             if row == 0:
                 axis.set_title(name)
-    shown = np.unique(np.concatenate([np.ravel(m) for m in (*masks, *predictions)]))
-    handles = [
-        Patch(color=COLORMAP[index] / 255, label=class_names[index])
-        for index in shown
-        if index < len(class_names)
-    ]
-    if IGNORE_LABEL in shown:
-        handles.append(Patch(color=np.array(VOID_COLOR) / 255, label="void (ignored)"))
+    handles = legend_handles([*masks, *predictions], class_names)
     figure.legend(
         handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False
     )
