@@ -42,9 +42,7 @@ def test_every_notebook_has_both_files():
 @pytest.mark.parametrize("name", NAMES)
 def test_pair_in_sync_and_ipynb_without_outputs(name):
     source = jupytext.read(os.path.join(NOTEBOOK_DIR, f"{name}.py"))
-    notebook = nbformat.read(
-        os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4
-    )
+    notebook = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
     nbformat.validate(notebook)
     assert [(cell.cell_type, cell.source) for cell in notebook.cells] == [
         (cell.cell_type, cell.source) for cell in source.cells
