@@ -53,7 +53,7 @@ import fcn_train
 from common import shapes, voc
 from common.inference import load_model
 from common.layers import BilinearUpsampling, bilinear_kernel
-from common.plots import colorize, legend_handles
+from common.plots import compare_predictions
 
 # common.plots draws to files (Agg); show figures in the notebook again.
 # %matplotlib inline
@@ -282,16 +282,20 @@ for variant, result in results.items():
 
 # %% [markdown]
 # The same validation images through the three trained networks. What to look for
-# (after a real training, not the quick one, whose networks still predict mostly
-# background): FCN-32s finds the objects but draws them as blobs, since every score
-# comes from a 32-pixel grid; with the pool4 and pool3 skips the corners and thin
-# parts sharpen.
+# after a real training (the quick run's networks are still untrained): FCN-32s
+# finds the objects but draws them as blobs, since every score comes from a 32-pixel
+# grid; with the pool4 and pool3 skips the corners and thin parts sharpen.
 
 # %%
 val_pairs = voc.list_pairs(DATA_DIR, "val")[:3]
 sizes = voc.image_sizes(val_pairs)
 val_ds = voc.make_dataset(
-    DATA_DIR, "val", len(val_pairs), CROP_SIZE, training=False, max_images=3
+    DATA_DIR,
+    "val",
+    len(val_pairs),
+    CROP_SIZE,
+    training=False,
+    max_images=len(val_pairs),
 )
 images, masks = (tensor.numpy() for tensor in next(iter(val_ds)))
 predictions = {}
@@ -299,30 +303,17 @@ for variant in fcn_train.VARIANTS:
     model = load_model(os.path.join(OUTPUT_DIR, variant, "best.keras"))
     predictions[variant] = np.argmax(model.predict(images, verbose=0), axis=-1)
 
-columns = ["image", "ground truth", *(f"FCN-{v}" for v in fcn_train.VARIANTS)]
-figure, axes = plt.subplots(len(images), 5, figsize=(14, 3 * len(images)))
-shown_masks = []
-for row, (height, width) in enumerate(sizes):
-    panels = [images[row], masks[row]] + [predictions[v][row] for v in predictions]
-    panels = [panel[:height, :width] for panel in panels]  # Drop the padding.
-    shown_masks += panels[1:]
-    for column, panel in enumerate(panels):
-        axis = axes[row, column]
-        if column == 0:
-            axis.imshow(panel.astype(np.uint8))
-        else:
-            axis.imshow(colorize(panel), interpolation="nearest")
-        axis.set_axis_off()
-        if row == 0:
-            axis.set_title(columns[column])
-figure.legend(
-    handles=legend_handles(shown_masks, CLASS_NAMES),
-    loc="lower center",
-    ncol=7,
-    frameon=False,
+crops = [(slice(0, height), slice(0, width)) for height, width in sizes]
+compare_predictions(
+    [image[crop] for image, crop in zip(images, crops)],  # Padding dropped.
+    [mask[crop] for mask, crop in zip(masks, crops)],
+    {
+        f"FCN-{variant}": [p[crop] for p, crop in zip(predictions[variant], crops)]
+        for variant in fcn_train.VARIANTS
+    },
+    CLASS_NAMES,
+    title=f"FCN-32s vs 16s vs 8s on {DATASET} val, {EPOCHS} epoch(s) each",
 )
-figure.suptitle(f"FCN-32s vs 16s vs 8s on {DATASET} val, {EPOCHS} epoch(s) each")
-figure.tight_layout(rect=(0, 0.05, 1, 1))
 plt.show()
 
 # %% [markdown]
