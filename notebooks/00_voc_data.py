@@ -291,7 +291,7 @@ def show_batch(images, masks, title):
         frameon=False,
     )
     figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     plt.show()
 
 
