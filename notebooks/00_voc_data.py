@@ -236,11 +236,11 @@ print(
 # ## Class frequencies
 #
 # `class_pixel_counts` decodes every mask of a split (checking each one) and counts
-# the pixels of each class, void left out. What to look for: background dwarfs every
-# object class (about 70% of VOC's pixels), and the object classes differ by an order
-# of magnitude. A model can reach a high *pixel accuracy* by predicting background
-# everywhere; that is why the scripts report mean IoU over classes, and why SegNet
-# offers median-frequency class weights.
+# the pixels of each class, void left out. What to look for: background dwarfs
+# every object class (about three quarters of VOC's pixels), and the object
+# classes differ by an order of magnitude. A model can reach a high *pixel
+# accuracy* by predicting background everywhere; that is why the scripts report
+# mean IoU over classes, and why SegNet offers median-frequency class weights.
 
 # %%
 counts, _ = voc.class_pixel_counts(pairs, NUM_CLASSES)

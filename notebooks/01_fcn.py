@@ -52,7 +52,7 @@ from keras import layers
 import fcn_train
 from common import shapes, voc
 from common.inference import load_model
-from common.layers import BilinearUpsampling, bilinear_kernel
+from common.layers import bilinear_kernel
 from common.plots import compare_predictions
 
 # common.plots draws to files (Agg); show figures in the notebook again.
@@ -190,8 +190,9 @@ plt.show()
 # should mix its nearest input pixels with weights that fall off linearly with
 # distance, over a distance of one input pixel = *f* output pixels. Along one axis
 # the weights of a kernel of size 2*f* are `1 - |i - centre| / f`, and in 2-D their
-# outer product. Written out here, then checked against `common.layers.bilinear_kernel`
-# (which `BilinearUpsampling` puts on the diagonal of FCN's upsampling kernels):
+# outer product. Written out here, then checked against
+# `common.layers.bilinear_kernel` (which the `BilinearUpsampling` initializer puts on
+# the diagonal of FCN's upsampling kernels):
 
 
 # %%
@@ -210,25 +211,20 @@ print("np.outer(taps, taps) == bilinear_kernel(size) for sizes 3, 4, 16, 64")
 # %% [markdown]
 # Now the claim of the FCN paper: a stride-*f* transposed convolution with this
 # kernel **is** bilinear upsampling. The cell upsamples a random 12 x 12 map by 2, 4
-# and 8 with the very layer `fcn_train.bilinear_upsampling` builds, and compares it with
-# `tf.image.resize(method="bilinear")`. What to look for: a difference of ~1e-7
-# (float rounding) everywhere except a band of *f* pixels at the border, where the
-# transposed convolution sees zeros beyond the edge and `resize` repeats the edge
-# pixel. FCN crops that border away in its reference nets; here it is where the
-# padding to a multiple of 32 sits.
+# and 8 with `fcn_train.bilinear_upsampling`, the function that builds FCN's
+# upsampling layers, and compares it with `tf.image.resize(method="bilinear")`. What
+# to look for: a difference of ~1e-7 (float rounding) everywhere except a band of *f*
+# pixels at the border, where the transposed convolution sees zeros beyond the edge
+# and `resize` repeats the edge pixel. (The "Geometry" note at the top of
+# `fcn_train.py` explains how the script lines up the grids of the different strides.)
 
 # %%
 score = rng.uniform(size=(1, 12, 12, 1)).astype("float32")
 for factor in (2, 4, 8):
-    upsample = layers.Conv2DTranspose(
-        1,
-        2 * factor,
-        strides=factor,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=BilinearUpsampling(),
+    upsampled = fcn_train.bilinear_upsampling(
+        tf.constant(score), factor, trainable=False, name=f"upscore{factor}"
     )
-    ours = upsample(score)[0, :, :, 0].numpy()
+    ours = upsampled[0, :, :, 0].numpy()
     resized = tf.image.resize(score, (12 * factor, 12 * factor), "bilinear")
     difference = np.abs(ours - resized[0, :, :, 0].numpy())
     inside = difference[factor:-factor, factor:-factor].max()
@@ -253,12 +249,16 @@ plt.show()
 # FCN-32s upsamples the stride-32 scores by 32 in one go. FCN-16s first upsamples them
 # by 2, adds class scores computed from `pool4` (stride 16), then upsamples by 16;
 # FCN-8s adds `pool3` (stride 8) too. The skip score layers start at zero, so a finer
-# net begins as the coarser one. The summary of the tiny FCN-8s shows the two
-# `score_pool` layers, the `fuse_pool` additions and the upsampling layers
-# (`upscore2`, `upscore_pool4`, `upscore8`) with their output strides.
+# net begins as the coarser one. The summary of the tiny FCN-8s, built for a
+# `CROP_SIZE` input so that every size is known, shows the two `score_pool` layers,
+# the `fuse_pool` additions and the upsampling layers (`upscore2`, `upscore_pool4`,
+# `upscore8`) with the size of their outputs: 1/16, 1/8 and all of the input.
 
 # %%
-fcn_train.build_fcn(len(CLASS_NAMES), "8s", width=WIDTH).summary(line_length=100)
+model = fcn_train.build_fcn(
+    len(CLASS_NAMES), "8s", width=WIDTH, input_shape=(CROP_SIZE, CROP_SIZE, 3)
+)
+model.summary(line_length=100)
 
 # %% [markdown]
 # Each variant is trained with `fcn_train.main`, the function behind `python

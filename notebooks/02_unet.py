@@ -91,8 +91,9 @@ print(f"{DATASET} in {DATA_DIR}; outputs in {OUTPUT_DIR}")
 #
 # The cell builds the paper's network (`--padding valid --no-batch-norm`, 64 to 1024
 # channels) for a 572 x 572 input and reads every size from the model itself. What
-# to look for: 572 -> 568 -> 284 ... 28 at the bottom, and on the way up 392 cropped
-# to 392, 200 cropped from 136... down to the 388 x 388 output.
+# to look for: 572 -> 568 -> 284 ... 28 at the bottom; on the way up each
+# up-convolution doubles the size (28 -> 56) and the encoder's map is cropped to it
+# (64 -> 56, 136 -> 104, 280 -> 200, 568 -> 392), down to the 388 x 388 output.
 
 # %%
 paper = unet_train.build_unet(

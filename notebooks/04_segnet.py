@@ -185,7 +185,10 @@ print(
 # %%
 for upsampling in ("indices", "nearest"):
     model = segnet_train.build_segnet(
-        len(CLASS_NAMES), variant="basic", upsampling=upsampling
+        len(CLASS_NAMES),
+        variant="basic",
+        upsampling=upsampling,
+        input_shape=(CROP_SIZE, CROP_SIZE, 3),
     )
     print(f"{upsampling:<8} {model.count_params():,} parameters")
 model.summary(line_length=100)
