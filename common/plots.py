@@ -22,6 +22,25 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return COLORMAP[np.asarray(mask, np.uint8)]
 
 
+def legend_handles(
+    masks: Sequence[np.ndarray], class_names: Sequence[str]
+) -> list[Patch]:
+    """One legend patch per class that occurs in `masks`, in the colours of `colorize`.
+
+    For `figure.legend(handles=...)`: a figure of colourised masks names every
+    class it shows, and void (255) as "void (ignored)".
+    """
+    shown = np.unique(np.concatenate([np.ravel(mask) for mask in masks]))
+    handles = [
+        Patch(color=COLORMAP[index] / 255, label=class_names[index])
+        for index in shown
+        if index < len(class_names)
+    ]
+    if IGNORE_LABEL in shown:
+        handles.append(Patch(color=np.array(VOID_COLOR) / 255, label="void (ignored)"))
+    return handles
+
+
 def plot_history(csv_path: str, out_path: str) -> None:
     """Loss and mean IoU per epoch, train vs validation, from Keras' CSVLogger file."""
     with open(csv_path) as f:
@@ -50,6 +69,47 @@ def plot_history(csv_path: str, out_path: str) -> None:
     plt.close(figure)
 
 
+def compare_predictions(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    predictions: dict[str, Sequence[np.ndarray]],
+    class_names: Sequence[str],
+    title: str = "",
+) -> plt.Figure:
+    """A grid: image | ground truth | one column per model, one row per example.
+
+    images: uint8 or [0, 255] float `(H, W, 3)`; masks and every model's
+    predictions: class indices `(H, W)`, one per image. `predictions` maps a
+    column title (e.g. "FCN-8s") to that model's predictions. The legend names
+    every class that appears in the grid. Returns the figure (notebooks show it).
+    """
+    rows, columns = len(images), 2 + len(predictions)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False
+    )
+    names = ("image", "ground truth", *predictions)
+    for row, (image, mask) in enumerate(zip(images, masks)):
+        panels = (
+            np.clip(image, 0, 255).astype(np.uint8),
+            colorize(mask),
+            *(colorize(column[row]) for column in predictions.values()),
+        )
+        for axis, panel, name in zip(axes[row], panels, names):
+            axis.imshow(panel, interpolation="nearest")
+            axis.set_axis_off()
+            if row == 0:
+                axis.set_title(name)
+    shown = [*masks, *(p for column in predictions.values() for p in column)]
+    handles = legend_handles(shown, class_names)
+    figure.legend(
+        handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False
+    )
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.97))
+    return figure
+
+
 def plot_predictions(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
@@ -58,40 +118,14 @@ def plot_predictions(
     out_path: str,
     title: str = "",
 ) -> None:
-    """A grid: image | ground truth | prediction, one row per example.
+    """Save image | ground truth | prediction, one row per example, to `out_path`.
 
     images: uint8 or [0, 255] float `(H, W, 3)`; masks and predictions: class
     indices `(H, W)`. The legend names every class that appears in the grid.
     """
-    rows = len(images)
-    figure, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
-    for row, (image, mask, prediction) in enumerate(zip(images, masks, predictions)):
-        panels = (
-            np.clip(image, 0, 255).astype(np.uint8),
-            colorize(mask),
-            colorize(prediction),
-        )
-        for axis, panel, name in zip(
-            axes[row], panels, ("image", "ground truth", "prediction")
-        ):
-            axis.imshow(panel, interpolation="nearest")
-            axis.set_axis_off()
-            if row == 0:
-                axis.set_title(name)
-    shown = np.unique(np.concatenate([np.ravel(m) for m in (*masks, *predictions)]))
-    handles = [
-        Patch(color=COLORMAP[index] / 255, label=class_names[index])
-        for index in shown
-        if index < len(class_names)
-    ]
-    if IGNORE_LABEL in shown:
-        handles.append(Patch(color=np.array(VOID_COLOR) / 255, label="void (ignored)"))
-    figure.legend(
-        handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False
+    figure = compare_predictions(
+        images, masks, {"prediction": predictions}, class_names, title
     )
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.97))
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
 

@@ -1,0 +1,91 @@
+"""The notebooks: every .py/.ipynb pair agrees, and every notebook runs end to end.
+
+`notebooks/NAME.py` (jupytext py:percent) is the source of truth and
+`notebooks/NAME.ipynb` its paired copy, committed without outputs; after editing
+either, run `jupytext --sync notebooks/NAME.py`. Each notebook is then executed
+top to bottom in a fresh kernel with QUICK_RUN=1 on the `shapes` data, as a
+reader would run it in Jupyter (started in `notebooks/`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import jupytext
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
+
+NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "notebooks")
+NAMES = sorted(
+    os.path.splitext(os.path.basename(path))[0]
+    for path in glob.glob(os.path.join(NOTEBOOK_DIR, "*.py"))
+)
+# Seconds per cell; a quick-mode notebook takes well under a minute on 2 CPU cores.
+CELL_TIMEOUT = 300
+
+
+def test_every_notebook_has_both_files():
+    ipynb = sorted(
+        os.path.splitext(os.path.basename(path))[0]
+        for path in glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb"))
+    )
+    assert NAMES, "no notebooks/*.py found"
+    assert ipynb == NAMES, "run `jupytext --sync notebooks/*.py`"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pair_in_sync_and_ipynb_without_outputs(name):
+    source = jupytext.read(os.path.join(NOTEBOOK_DIR, f"{name}.py"))
+    notebook = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
+    nbformat.validate(notebook)
+    assert [(cell.cell_type, cell.source) for cell in notebook.cells] == [
+        (cell.cell_type, cell.source) for cell in source.cells
+    ], f"notebooks/{name}.ipynb differs from its .py: run `jupytext --sync`"
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, (
+                f"notebooks/{name}.ipynb has outputs: clear them before committing"
+            )
+
+
+@pytest.fixture(scope="module")
+def kernel_specs(tmp_path_factory) -> KernelSpecManager:
+    """A `python3` kernel that runs in this interpreter (this venv), whatever
+    other `python3` kernels the machine has registered."""
+    kernel_dir = tmp_path_factory.mktemp("kernels") / "python3"
+    kernel_dir.mkdir()
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (tests)",
+        "language": "python",
+    }
+    (kernel_dir / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(kernel_dir.parent)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_in_quick_mode(name, kernel_specs, monkeypatch):
+    monkeypatch.setenv("QUICK_RUN", "1")
+    monkeypatch.setenv("NOTEBOOK_DATASET", "shapes")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    notebook = jupytext.read(os.path.join(NOTEBOOK_DIR, f"{name}.py"))
+    client = NotebookClient(
+        notebook,
+        km=KernelManager(kernel_name="python3", kernel_spec_manager=kernel_specs),
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": NOTEBOOK_DIR}},
+    )
+    client.execute()  # Raises CellExecutionError, with the cell, on any error.
+    images = sum(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert images > 0, f"{name} showed no figure"
