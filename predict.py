@@ -4,7 +4,7 @@
 
 For every image it writes `NAME_mask.png`, a VOC palette PNG (opens as a VOC
 style label, class index = pixel value), and `NAME_overlay.jpg`, the image
-blended with the coloured mask and a legend of the classes present. A video
+blended with the coloured mask, with a legend of the classes present beside it. A video
 becomes `NAME_overlay.mp4`. Images of any size work (padded for the network,
 cropped back); greyscale and RGBA inputs are converted; JPEG EXIF orientation
 is applied (OpenCV does it on reading). A file that cannot be read is reported
@@ -94,18 +94,35 @@ def segment(model, rgb: np.ndarray, scales, flip: bool) -> np.ndarray:
     return inference.to_numpy_labels(probabilities)
 
 
+LEGEND_WIDTH = 140  # pixels of the legend panel beside the image
+
+
 def overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float):
-    """The image blended with the coloured mask, and a legend of classes present."""
+    """The image blended with the coloured mask, and beside it a legend panel.
+
+    The legend lists the classes present and sits to the right of the image,
+    so it never hides a small image; the panel keeps the image's height, so
+    every frame of a video has the same size.
+    """
     blended = cv2.addWeighted(rgb, 1 - alpha, plots.colorize(labels), alpha, 0)
+    panel = np.zeros((rgb.shape[0], LEGEND_WIDTH, 3), np.uint8)
     for row, index in enumerate(np.unique(labels)):
         top = 6 + 18 * row
         color = tuple(int(c) for c in plots.COLORMAP[index])
-        cv2.rectangle(blended, (6, top), (20, top + 14), color, thickness=-1)
-        cv2.rectangle(blended, (6, top), (20, top + 14), (255, 255, 255), thickness=1)
+        cv2.rectangle(panel, (6, top), (20, top + 14), color, thickness=-1)
+        cv2.rectangle(panel, (6, top), (20, top + 14), (255, 255, 255), thickness=1)
         name = names[index] if index < len(names) else str(index)
-        cv2.putText(blended, name, (26, top + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
-    return blended
+        cv2.putText(
+            panel,
+            name,
+            (26, top + 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return np.concatenate([blended, panel], axis=1)
 
 
 def save_palette_png(labels: np.ndarray, path: str) -> None:

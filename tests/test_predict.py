@@ -40,7 +40,7 @@ def test_mask_png_decodes_to_the_argmax_of_the_logits(tmp_path):
     expected = np.argmax(model.predict(rgb[None].astype(np.float32), verbose=0)[0], -1)
     np.testing.assert_array_equal(decoded, expected)
     overlay = cv2.imread(str(tmp_path / "out" / "photo_overlay.jpg"))
-    assert overlay.shape == (37, 50, 3)
+    assert overlay.shape == (37, 50 + predict.LEGEND_WIDTH, 3)  # image | legend
     assert cv2.imread(str(tmp_path / "out" / "grey_mask.png")).shape[:2] == (37, 50)
 
 
