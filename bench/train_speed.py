@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common.losses import segmentation_loss  # noqa: E402
+from deeplab_train import build_deeplab  # noqa: E402
 from fcn_train import build_fcn  # noqa: E402
 from segnet_train import build_segnet  # noqa: E402
 from unet_train import build_unet  # noqa: E402
@@ -42,6 +43,8 @@ MODELS: dict[str, Callable[[], keras.Model]] = {
     "fcn8s": lambda: build_fcn(NUM_CLASSES, "8s"),
     "unet": lambda: build_unet(NUM_CLASSES),
     "segnet": lambda: build_segnet(NUM_CLASSES),
+    "deeplabv3plus_resnet50": lambda: build_deeplab(NUM_CLASSES, "v3plus", "resnet50"),
+    "deeplabv3_mobilenetv2": lambda: build_deeplab(NUM_CLASSES, "v3", "mobilenetv2"),
 }
 
 
