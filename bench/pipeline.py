@@ -58,13 +58,11 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def peak_memory_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss is in KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """The GPU's peak (since the last reset) where there is one, else this
+    process's peak resident memory (ru_maxrss is in KiB on Linux)."""
     if tf.config.list_physical_devices("GPU"):
-        peak = max(
-            peak, tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-        )
-    return peak
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_pipeline(dataset: tf.data.Dataset, batches: int, warmup: int) -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.pipeline import peak_memory_mb  # noqa: E402
 from common.losses import segmentation_loss  # noqa: E402
 from deeplab_train import build_deeplab  # noqa: E402
 from fcn_train import build_fcn  # noqa: E402
@@ -91,13 +91,6 @@ def matmul_rate(size: int = 2048, repeats: int = 10) -> float:
         result = product(a)
     result.numpy()
     return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
-def peak_memory_mb() -> float:
-    """GPU peak since the last reset; on CPU the process's peak so far."""
-    if tf.config.list_physical_devices("GPU"):
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def median_seconds(step: Callable[[], object], repeats: int) -> float:

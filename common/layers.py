@@ -102,6 +102,11 @@ class PadToMultiple(layers.Layer):
         return {**super().get_config(), "multiple": self.multiple}
 
 
+def _spatial_shape_of_reference(tensor_shape, reference_shape) -> tuple:
+    """`tensor`'s batch and channels with `reference`'s height and width."""
+    return (tensor_shape[0], reference_shape[1], reference_shape[2], tensor_shape[3])
+
+
 @keras.saving.register_keras_serializable(package="segmentation")
 class CropToMatch(layers.Layer):
     """Crop `inputs[0]` to the height and width of `inputs[1]`.
@@ -133,13 +138,7 @@ class CropToMatch(layers.Layer):
         return tensor[:, top : top + target_height, left : left + target_width]
 
     def compute_output_shape(self, input_shapes):
-        tensor_shape, reference_shape = input_shapes
-        return (
-            tensor_shape[0],
-            reference_shape[1],
-            reference_shape[2],
-            tensor_shape[3],
-        )
+        return _spatial_shape_of_reference(*input_shapes)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "align": self.align}
@@ -379,13 +378,7 @@ class ResizeLike(layers.Layer):
         return ops.cast(resized, self.compute_dtype)
 
     def compute_output_shape(self, input_shapes):
-        tensor_shape, reference_shape = input_shapes
-        return (
-            tensor_shape[0],
-            reference_shape[1],
-            reference_shape[2],
-            tensor_shape[3],
-        )
+        return _spatial_shape_of_reference(*input_shapes)
 
     def get_config(self):
         return {**super().get_config(), "interpolation": self.interpolation}
