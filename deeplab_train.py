@@ -48,6 +48,7 @@ from keras import layers
 from common import training, voc
 from common.backbones import load_application
 from common.layers import (
+    AtrousConv2D,
     CaffeNormalization,
     ResizeLike,
     conv_bn_relu,
@@ -133,7 +134,7 @@ def vgg16_largefov(images):
         ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), start=1
     ):
         for conv in range(1, convs + 1):
-            x = layers.Conv2D(
+            x = AtrousConv2D(
                 filters,
                 3,
                 padding="same",
@@ -166,7 +167,7 @@ def resnet_bottleneck(x, filters: int, stride: int, rate: int, shortcut: bool, n
     x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
     x = layers.ReLU(name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(
+    x = AtrousConv2D(
         filters, 3, padding="same", dilation_rate=rate, name=f"{name}_2_conv"
     )(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
@@ -391,7 +392,7 @@ def largefov_head(x, num_classes: int, filters: int = 1024):
     fc6's 7x7 kernel to 3x3, and keeps the field of view large with dilation
     12 (224 pixels of the input at output stride 8).
     """
-    x = layers.Conv2D(
+    x = AtrousConv2D(
         filters, 3, padding="same", dilation_rate=12, activation="relu", name="fc6"
     )(x)
     x = layers.Dropout(0.5, name="fc6_dropout")(x)
@@ -403,7 +404,7 @@ def largefov_head(x, num_classes: int, filters: int = 1024):
 def aspp_l(x, num_classes: int, rates: Sequence[int]):
     """ASPP-L of v2 (Sec. 3.3, Fig. 4): one 3x3 classifier per rate, logits summed."""
     branches = [
-        layers.Conv2D(
+        AtrousConv2D(
             num_classes,
             3,
             padding="same",
@@ -715,9 +716,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--freeze-bn",
         action=argparse.BooleanOptionalAction,
         help="use BN's moving statistics (from ImageNet) instead of batch "
-        f"statistics, and do not update them. Default: on when --batch-size is "
-        f"below {MIN_BN_BATCH}, where batch statistics are too noisy (the papers "
-        "train BN with batch 16 only)",
+        f"statistics, and do not update them. Default: on when the batch that BN "
+        f"sees (--batch-size; times the replicas with --sync-bn) is below "
+        f"{MIN_BN_BATCH}, where batch statistics are too noisy (the papers train BN "
+        "with batch 16 only)",
     )
     training.add_common_args(parser)
     parser.set_defaults(
@@ -727,6 +729,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         weight_decay=None,
         crop_size=512,
         lr_schedule="poly",
+        sync_bn=True,  # v3 Sec. 4.1: BN statistics need a batch of 16.
     )
     parser.epilog = (
         "Defaults follow the papers: SGD with momentum 0.9, poly learning rate "
@@ -763,9 +766,7 @@ def resolve_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace):
         )
     if args.weight_decay is None:
         args.weight_decay = {"vgg16": 5e-4, "resnet50": 1e-4}.get(args.backbone, 4e-5)
-    if args.freeze_bn is None:
-        args.freeze_bn = args.batch_size < MIN_BN_BATCH
-    if args.batch_size == 1 and not args.freeze_bn and args.variant != "v1":
+    if args.batch_size == 1 and args.freeze_bn is False and args.variant != "v1":
         parser.error(
             "--batch-size 1 with --no-freeze-bn: batch norm over one image makes "
             "ASPP's image-pooling branch (one value per channel) exactly zero. Use "
@@ -773,13 +774,25 @@ def resolve_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace):
         )
 
 
-def warn_about_recipe(args: argparse.Namespace) -> None:
+def batch_norm_batch_size(args: argparse.Namespace, replicas: int) -> int:
+    """Images behind each BN statistic: one replica's, or all with --sync-bn."""
+    return args.batch_size * replicas if args.sync_bn else args.batch_size
+
+
+def resolve_freeze_bn(args: argparse.Namespace, replicas: int) -> None:
+    """Default --freeze-bn: on when BN would see fewer than MIN_BN_BATCH images."""
+    if args.freeze_bn is None:
+        args.freeze_bn = batch_norm_batch_size(args, replicas) < MIN_BN_BATCH
+
+
+def warn_about_recipe(args: argparse.Namespace, replicas: int = 1) -> None:
     """Warn when batch size and BN mode are not what the papers do."""
     if args.variant == "v1":  # VGG-16 has no batch norm.
         return
-    if not args.freeze_bn and args.batch_size < MIN_BN_BATCH:
+    bn_batch = batch_norm_batch_size(args, replicas)
+    if not args.freeze_bn and bn_batch < MIN_BN_BATCH:
         warnings.warn(
-            f"Training batch norm with batches of {args.batch_size}: its "
+            f"Training batch norm with batches of {bn_batch}: its "
             f"statistics will be noisy. The papers update BN only with batches of "
             f"16 and freeze it otherwise (--freeze-bn).",
             stacklevel=2,
@@ -791,9 +804,9 @@ def warn_about_recipe(args: argparse.Namespace) -> None:
             "--no-freeze-bn with a batch of 12 or more.",
             stacklevel=2,
         )
-    if args.freeze_bn and args.batch_size >= MIN_BN_BATCH:
+    if args.freeze_bn and bn_batch >= MIN_BN_BATCH:
         warnings.warn(
-            f"--freeze-bn with batches of {args.batch_size}: the papers train BN "
+            f"--freeze-bn with batches of {bn_batch}: the papers train BN "
             "at this batch size (--no-freeze-bn).",
             stacklevel=2,
         )
@@ -803,7 +816,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, f"deeplab_{args.variant}")
     dataset = training.resolve_dataset(args)
-    warn_about_recipe(args)
+    resolve_freeze_bn(args, strategy.num_replicas_in_sync)
+    warn_about_recipe(args, strategy.num_replicas_in_sync)
     train_ds, val_ds, steps = training.make_datasets(
         args,
         dataset,

@@ -10,6 +10,63 @@ from keras import layers, ops
 BN_MOMENTUM = 0.9
 
 
+# On CPU, AtrousConv2D switches to shifted copies when the space-to-batch
+# sub-images would be narrower than this many pixels (measured: see its docstring).
+MIN_SUBIMAGE_SIDE = 4
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class AtrousConv2D(layers.Conv2D):
+    """`Conv2D` with holes (DeepLab v1, Sec. 3.1): same weights, config and result.
+
+    A 3x3 kernel with dilation rate r reads the input at offsets -r, 0, +r. On
+    a GPU this layer is exactly `Conv2D(dilation_rate=r)` (cuDNN dilates
+    natively). On a CPU, TensorFlow without oneDNN (its default on AMD
+    processors) runs a dilated convolution by space-to-batch: it cuts the map
+    into r x r sub-images of about side/r pixels, convolves each without
+    dilation and reassembles them. When the sub-images are tiny, as for ASPP's
+    rates 12 and 18 on a 16x16 or 32x32 map (v3, Sec. 3.3), the gradient
+    kernels drown in per-image overhead: one rate-18 ASPP branch on a 32x32
+    map took 7.2 s forward and backward for a batch of 2 on 2 cores. In that
+    case this layer computes the same sum as one matrix product instead: the
+    k*k shifted copies of the zero-padded input, side by side along the
+    channels, times the kernel reshaped to (k*k*channels, filters): 1.4 s.
+    Where sub-images keep `MIN_SUBIMAGE_SIDE` pixels or more, space-to-batch
+    is faster and is kept.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if not self._shifted_copies_are_faster(inputs):
+            return super().convolution_op(inputs, kernel)
+        (rate_h, rate_w), (size_h, size_w) = self.dilation_rate, self.kernel_size
+        pad_h, pad_w = rate_h * (size_h // 2), rate_w * (size_w // 2)
+        height, width = inputs.shape[1], inputs.shape[2]
+        padded = ops.pad(inputs, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+        shifted = [
+            padded[:, i * rate_h : i * rate_h + height, j * rate_w : j * rate_w + width]
+            for i in range(size_h)
+            for j in range(size_w)
+        ]  # k*k tensors (batch, h, w, c), in the kernel's (row, column) order
+        columns = ops.concatenate(shifted, axis=-1)  # (batch, h, w, k*k*c)
+        return ops.conv(columns, ops.reshape(kernel, (1, 1, -1, self.filters)))
+
+    def _shifted_copies_are_faster(self, inputs) -> bool:
+        sides = inputs.shape[1:3]
+        return (
+            max(self.dilation_rate) > 1
+            and None not in sides
+            and min(side / rate for side, rate in zip(sides, self.dilation_rate))
+            < MIN_SUBIMAGE_SIDE
+            and self.padding == "same"
+            and self.strides == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+            and all(size % 2 for size in self.kernel_size)
+            and not tf.config.list_logical_devices("GPU")
+            and not tf.config.list_logical_devices("TPU")
+        )
+
+
 def conv_bn_relu(
     x,
     filters: int,
@@ -28,7 +85,8 @@ def conv_bn_relu(
     initial values after a few hundred steps, so a short run validates far
     worse than it trains.
     """
-    x = layers.Conv2D(
+    conv = AtrousConv2D if dilation_rate > 1 else layers.Conv2D
+    x = conv(
         filters,
         kernel_size,
         padding=padding,
@@ -42,6 +100,26 @@ def conv_bn_relu(
             momentum=BN_MOMENTUM, name=f"{name}_bn" if name else None
         )(x)
     return layers.ReLU(name=f"{name}_relu" if name else None)(x)
+
+
+def synchronize_batch_norm(model: keras.Model) -> int:
+    """Make every BN layer compute its batch statistics over the global batch.
+
+    Under `tf.distribute` each replica normally normalises with the mean and
+    variance of its own slice of the batch: with 8 images per GPU that is the
+    noisy 8-image statistic the DeepLab papers avoid (v3, Sec. 4.1 trains BN
+    with 16 images). Keras' `synchronized=True` all-reduces the sums across
+    replicas first, so BN sees the whole global batch, as on one big device.
+    The flag is read when the layer is called, so setting it on a built model
+    takes effect at the next trace, and `get_config` saves it. Returns the
+    number of layers changed.
+    """
+    changed = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = True
+            changed += 1
+    return changed
 
 
 # VGG-16's ImageNet mean pixel in BGR order (keras.applications.vgg16).

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import distribute, plots, shapes, voc
+from common import distribute, layers, plots, shapes, voc
 from common.losses import segmentation_loss
 from common.metrics import (
     ConfusionMatrix,
@@ -168,6 +168,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="tf.distribute strategy; auto = mirrored when several GPUs are visible, "
         "else default (one device). multiworker is refused for now: Keras 3's fit "
         "does not run under it (keras-team/keras#20585) (default: %(default)s)",
+    )
+    scale.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with several replicas, batch norm uses the statistics of the whole "
+        "global batch instead of each replica's slice (an all-reduce per BN layer "
+        "per step); no effect on one device (default: %(default)s)",
     )
     scale.add_argument(
         "--mixed-precision",
@@ -335,6 +343,32 @@ class IoUReport(keras.callbacks.Callback):
             logs["val_pixel_accuracy"] = float(pixel_accuracy(matrix))
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every training step after the first `warmup` ones.
+
+    The first step traces and compiles the training function, so it is left
+    out. `median_ms()` goes into results.json as `train_ms_per_step`: the
+    speed of this model on this machine, input pipeline included.
+    """
+
+    def __init__(self, warmup: int = 1):
+        super().__init__()
+        self.warmup = warmup
+        self.steps = 0
+        self.times: list[float] = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps > self.warmup:
+            self.times.append(time.perf_counter() - self.start)
+
+    def median_ms(self) -> float | None:
+        return 1000 * float(np.median(self.times)) if self.times else None
+
+
 def _best_so_far(history_path: str) -> float | None:
     """Best validation mean IoU already in a resumed run's history, if any."""
     if not os.path.isfile(history_path):
@@ -419,6 +453,9 @@ def fit_and_evaluate(
     steps_per_epoch: int,
 ) -> dict:
     """Compile, train with the shared callbacks, score the best model, write outputs."""
+    if args.sync_bn and model.distribute_strategy.num_replicas_in_sync > 1:
+        synced = layers.synchronize_batch_norm(model)
+        print(f"Synchronized {synced} batch norm layers across replicas (--sync-bn).")
     with model.distribute_strategy.scope():  # The strategy the model was built in.
         metric = ConfusionMatrix(dataset.num_classes)
         model.compile(
@@ -431,6 +468,7 @@ def fit_and_evaluate(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
         f"of {args.global_batch_size} images per epoch"
     )
+    timer = StepTimer()
     try:
         history = model.fit(
             train_ds,
@@ -439,7 +477,7 @@ def fit_and_evaluate(
             steps_per_epoch=steps_per_epoch,
             validation_data=val_ds,
             validation_steps=args.val_steps,
-            callbacks=make_callbacks(args, metric, dataset.class_names),
+            callbacks=[*make_callbacks(args, metric, dataset.class_names), timer],
         )
         steps_done = int(model.optimizer.iterations.numpy())  # Before loading best.
         best_path = os.path.join(args.output_dir, "best.keras")
@@ -454,6 +492,7 @@ def fit_and_evaluate(
     )
     results = _results(matrix, dataset, args, evaluation, history)
     results["optimizer_steps"] = steps_done
+    results["train_ms_per_step"] = timer.median_ms()
     _write_outputs(model, args, dataset, val_ds, results)
     return results
 

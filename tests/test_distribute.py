@@ -26,17 +26,32 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
     from unet_train import build_unet
     from common.losses import segmentation_loss
     from common.metrics import ConfusionMatrix
+    from common.layers import synchronize_batch_norm
 
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     masks = rng.integers(0, 3, (4, 32, 32)).astype("int32")
     masks[:, :4] = 255
     data = tf.data.Dataset.from_tensors((images, masks)).repeat()
+    # For batch norm, replica 1 gets 2 dark images and replica 2 two bright ones.
+    contrast = images * np.array([0.1, 0.1, 1, 1], "float32")[:, None, None, None]
+    contrast_data = tf.data.Dataset.from_tensors((contrast, masks)).repeat()
 
-    def run(strategy):
+    def conv_bn(num_classes):
+        inputs = keras.Input((None, None, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        x = keras.layers.BatchNormalization()(x)
+        return keras.Model(inputs, keras.layers.Conv2D(num_classes, 1)(x))
+
+    def unet(num_classes):
+        return build_unet(num_classes, batch_norm=False, filters=(4, 8, 16, 32))
+
+    def run(strategy, build=unet, data=data, sync_bn=False):
         keras.utils.set_random_seed(1)
         with strategy.scope():
-            model = build_unet(3, batch_norm=False, filters=(4, 8, 16, 32))
+            model = build(3)
+            if sync_bn:
+                synchronize_batch_norm(model)
             metric = ConfusionMatrix(3)
             model.compile(optimizer=keras.optimizers.SGD(0.1),
                           loss=segmentation_loss(), metrics=[metric])
@@ -47,12 +62,18 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
     single = run(tf.distribute.get_strategy())
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     print(json.dumps({"replicas": mirrored.num_replicas_in_sync,
-                      "single": single, "mirrored": run(mirrored)}))
+                      "single": single, "mirrored": run(mirrored),
+                      "bn": run(tf.distribute.get_strategy(), conv_bn,
+                                contrast_data)[0],
+                      "bn_mirrored": run(mirrored, conv_bn, contrast_data)[0],
+                      "sync_bn_mirrored": run(mirrored, conv_bn, contrast_data,
+                                              sync_bn=True)[0]}))
     """
 )
 
 
 def test_two_cpu_replicas_train_like_one_device():
+    """Same loss and confusion matrix on 2 replicas; BN needs --sync-bn for it."""
     process = subprocess.run(
         [sys.executable, "-c", MIRRORED_VS_SINGLE],
         cwd=ROOT,
@@ -71,6 +92,10 @@ def test_two_cpu_replicas_train_like_one_device():
     # The confusion matrix is summed over replicas, not averaged.
     assert mirrored_matrix == single_matrix
     assert np.sum(single_matrix) == 4 * 28 * 32
+    # Batch norm: each replica normalises its 2 images unless synchronized,
+    # when it uses the statistics of all 4, as the single device does.
+    np.testing.assert_allclose(result["sync_bn_mirrored"], result["bn"], rtol=1e-4)
+    assert not np.allclose(result["bn_mirrored"], result["bn"], rtol=1e-3)
 
 
 def test_multiworker_is_refused_clearly():

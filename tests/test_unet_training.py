@@ -72,6 +72,7 @@ def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
         "cross",
     }
     assert 0.0 <= results["mean_iou"] <= 1.0 and results["optimizer_steps"] == 20
+    assert results["train_ms_per_step"] > 0  # Median of steps 2-20.
     for name in ("best.keras", "curves.png", "predictions.png", "history.csv"):
         assert os.path.isfile(tmp_path / name), name
     assert os.listdir(tmp_path / "tensorboard")
