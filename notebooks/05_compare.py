@@ -1,0 +1,253 @@
+# ---
+# jupyter:
+#   jupytext:
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · Four architectures, one dataset, one budget
+#
+# The previous notebooks each looked at one idea: FCN's skip connections
+# (`01_fcn`), U-Net's copied feature maps (`02_unet`), DeepLab's atrous
+# convolution (`03_deeplab`) and SegNet's pooling indices (`04_segnet`). Here the
+# four train on the same data with the same crop, batch, optimizer, number of steps
+# and seed, and are compared on what a practitioner asks: how big, how slow, how
+# good, and good at what.
+#
+# A budget this small is a comparison of how quickly each design learns from
+# scratch on a CPU, not of what it can reach: with ImageNet backbones and 50
+# epochs on VOC the order changes (the papers' VOC numbers are in the README).
+
+# %% [markdown]
+# The first cell makes the repository root the working directory (Jupyter starts in
+# `notebooks/`), so that the scripts and `common` import.
+
+# %%
+import os
+import sys
+
+ROOT = os.getcwd()
+while not os.path.isfile(os.path.join(ROOT, "common", "voc.py")):
+    if os.path.dirname(ROOT) == ROOT:
+        raise FileNotFoundError("Start Jupyter inside the repository.")
+    ROOT = os.path.dirname(ROOT)
+os.chdir(ROOT)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import tempfile
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+
+import deeplab_train
+import fcn_train
+import segnet_train
+import unet_train
+from bench.train_speed import forward_flops
+from common import shapes, voc
+from common.inference import load_model, predict_probabilities, to_numpy_labels
+from common.plots import compare_predictions
+
+# common.plots draws to files (Agg); show figures in the notebook again.
+# %matplotlib inline
+
+# %% [markdown]
+# ## Settings
+#
+# `QUICK_RUN=1` (the tests) trains tiny versions for two steps each, enough to run
+# every cell. Without it, each model trains for `EPOCHS` epochs on `shapes`
+# (minutes per model on a CPU), or on VOC if `data/VOCdevkit/VOC2012` exists (use a
+# GPU for that, and the scripts' full-size defaults).
+#
+# `MODELS` holds each script's `main` and the flags that make its model: CPU-sized
+# versions of the four (FCN at 1/8 of VGG-16's width, U-Net with 16-128 filters,
+# SegNet-Basic, DeepLab v3+ on MobileNetV2), none pretrained. `SHARED_ARGS` is the
+# budget they share.
+
+# %%
+QUICK = bool(os.environ.get("QUICK_RUN"))
+UNET_FILTERS = (4, 8, 16, 32) if QUICK else (16, 32, 64, 128)
+EPOCHS = 1 if QUICK else 12
+VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
+DATASET = os.environ.get("NOTEBOOK_DATASET") or (
+    "voc" if os.path.isdir(VOC_DIR) else "shapes"
+)
+DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
+CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
+CROP_SIZE = 64 if QUICK else 128
+BATCH_SIZE = 4 if QUICK else 8
+OUTPUT_DIR = tempfile.mkdtemp(prefix="05_compare-")
+SHARED_ARGS = [
+    *("--dataset", DATASET, "--data-dir", DATA_DIR, "--seed", "0"),
+    *("--crop-size", str(CROP_SIZE), "--batch-size", str(BATCH_SIZE)),
+    *("--optimizer", "adam", "--learning-rate", "1e-3", "--weight-decay", "0"),
+    *("--epochs", str(EPOCHS), "--num-predictions", "0"),  # We draw our own.
+]
+if QUICK:
+    SHARED_ARGS += ["--steps-per-epoch", "2", "--val-steps", "1"]
+MODELS = {
+    "FCN-8s": (
+        fcn_train.main,
+        ["--variant", "8s", "--width", "0.0625" if QUICK else "0.125"],
+    ),
+    "U-Net": (
+        unet_train.main,
+        ["--filters", *(str(filters) for filters in UNET_FILTERS)],
+    ),
+    "SegNet-Basic": (segnet_train.main, ["--variant", "basic"]),
+    "DeepLab v3+": (
+        deeplab_train.main,
+        [
+            *("--variant", "v3plus", "--backbone", "mobilenetv2", "--no-freeze-bn"),
+            *("--head-filters", "32" if QUICK else "128"),
+        ],
+    ),
+}
+NOT_PRETRAINED = ["--backbone-weights", "none"]  # FCN, SegNet and DeepLab.
+print(f"{DATASET} in {DATA_DIR}; outputs in {OUTPUT_DIR}")
+
+# %% [markdown]
+# ## Training
+#
+# Each script's `main` is what `python SCRIPT.py ...` runs; the cell prints the
+# equivalent command before each run. Each run keeps its best checkpoint (by
+# validation mean IoU) in its own folder, and scores it on every validation pixel.
+
+# %%
+results = {}
+for name, (main, model_args) in MODELS.items():
+    argv = [*SHARED_ARGS, *model_args]
+    if main is not unet_train.main:
+        argv += NOT_PRETRAINED
+    argv += ["--output-dir", os.path.join(OUTPUT_DIR, name)]
+    print(f"\n===== {name}: python {main.__module__}.py {' '.join(argv)}")
+    results[name] = main(argv)
+    keras.backend.clear_session()
+
+# %% [markdown]
+# ## Size, cost and speed
+#
+# For each best checkpoint: parameters, forward FLOPs per `CROP_SIZE` image
+# (counted by TensorFlow's profiler, the same function `bench/train_speed.py`
+# uses), the median wall time of a training step during the run above
+# (`train_ms_per_step` in each run's `results.json`, input pipeline included), and
+# the validation mean IoU. What to look for: parameters, FLOPs and time rank the
+# models differently. SegNet-Basic has few weights, but its 7 x 7 kernels run at
+# full resolution, so it costs the most FLOPs; DeepLab's MobileNetV2 has few
+# FLOPs spread over many small layers, so its steps take longer than its FLOPs
+# suggest.
+
+# %%
+models, costs = {}, {}
+for name in MODELS:
+    model = load_model(os.path.join(OUTPUT_DIR, name, "best.keras"))
+    costs[name] = {
+        "parameters": model.count_params(),
+        "gflops": forward_flops(model, CROP_SIZE) / 1e9,
+        "ms_per_step": results[name]["train_ms_per_step"],
+    }
+    models[name] = model
+
+print(
+    f"{'model':<14}{'parameters':>12}{'GFLOP/img':>11}{'ms/step':>9}"
+    f"{'mean IoU':>10}{'pixel acc':>11}"
+)
+for name, cost in costs.items():
+    print(
+        f"{name:<14}{cost['parameters']:>12,}{cost['gflops']:>11.2f}"
+        f"{cost['ms_per_step']:>9.0f}{results[name]['mean_iou']:>10.3f}"
+        f"{results[name]['pixel_accuracy']:>11.3f}"
+    )
+
+# %% [markdown]
+# The same as a picture: mean IoU against training time per step, the size of each
+# dot proportional to the parameters. Up and to the left is better.
+
+# %%
+figure, axis = plt.subplots(figsize=(7, 4.5))
+largest = max(cost["parameters"] for cost in costs.values())
+for name, cost in costs.items():
+    axis.scatter(
+        cost["ms_per_step"],
+        results[name]["mean_iou"],
+        s=80 + 1200 * cost["parameters"] / largest,
+        alpha=0.6,
+        label=f"{name} ({cost['parameters'] / 1e6:.2f} M parameters)",
+    )
+axis.set(
+    xlabel=f"ms per training step (batch {BATCH_SIZE}, {CROP_SIZE} px, this machine)",
+    ylabel="validation mean IoU",
+    title=f"Four architectures on {DATASET}, {EPOCHS} epoch(s) each",
+)
+axis.grid(alpha=0.3)
+axis.legend(loc="best", fontsize="small")
+plt.show()
+
+# %% [markdown]
+# ## Per-class IoU
+#
+# Mean IoU hides which classes a model gets. One group of bars per class; a missing
+# bar is a class that model never predicted correctly (IoU 0), a class absent from
+# both the labels and the predictions has no IoU and is left out. What to look for:
+# the background is easy for everyone; the classes with thin parts (on `shapes`,
+# star and cross) are where upsampling coarse maps (FCN, DeepLab) and carrying
+# fine detail across (U-Net's skips, SegNet's indices) can differ.
+
+# %%
+present = [
+    index
+    for index, class_name in enumerate(CLASS_NAMES)
+    if any(results[name]["per_class_iou"][class_name] is not None for name in MODELS)
+]
+width = 0.8 / len(MODELS)
+figure, axis = plt.subplots(figsize=(max(7, 1.1 * len(present)), 4))
+for offset, name in enumerate(MODELS):
+    ious = [results[name]["per_class_iou"][CLASS_NAMES[i]] or 0 for i in present]
+    axis.bar(np.arange(len(present)) + offset * width, ious, width, label=name)
+axis.set_xticks(np.arange(len(present)) + 0.4 - width / 2)
+axis.set_xticklabels([CLASS_NAMES[i] for i in present], rotation=30, ha="right")
+axis.set(ylabel="IoU", ylim=(0, 1), title="Validation IoU per class")
+axis.grid(alpha=0.3, axis="y")
+axis.legend(fontsize="small")
+figure.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## The same images through all four
+#
+# The first validation images at their original size, each model's prediction
+# beside the ground truth. `predict_probabilities` pads an image to a multiple of
+# 32 with the dataset mean, runs the model, and crops the padding off the output:
+# what `predict.py` does for your own images.
+
+# %%
+pairs = voc.list_pairs(DATA_DIR, "val")[: 2 if QUICK else 4]
+examples = [
+    voc.load_pair(image_path, mask_path, len(CLASS_NAMES))
+    for image_path, mask_path in pairs
+]
+predictions = {
+    name: [
+        to_numpy_labels(predict_probabilities(model, image)) for image, _ in examples
+    ]
+    for name, model in models.items()
+}
+compare_predictions(
+    [image.numpy() for image, _ in examples],
+    [mask.numpy() for _, mask in examples],
+    predictions,
+    CLASS_NAMES,
+    title=f"Validation images, {EPOCHS} epoch(s) per model",
+)
+plt.show()
+
+# %% [markdown]
+# To compare at full size and on VOC, run the scripts with their defaults (the
+# commands are in the README) and `python evaluate.py --model RUN/best.keras`
+# on each; `bench/train_speed.py` times the full-size models side by side.
