@@ -32,7 +32,13 @@ Four papers by Chen et al., each adding one idea to the one before:
 
 Every backbone keeps its strides until the output stride is reached and
 dilates after that; the logits are upsampled to the input size before the
-loss, so labels are never downsampled.
+loss, so labels are never downsampled. Dilated convolutions are
+`common.layers.AtrousConv2D`: Keras' `Conv2D`, with a faster CPU path for
+large rates on small maps (see its docstring).
+
+On several GPUs (`--strategy mirrored`), `--sync-bn` (on by default here)
+computes batch-norm statistics over the global batch, as the papers' batch
+of 16 needs; `--freeze-bn` then defaults off once that batch reaches 12.
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""What the benchmarks share: the models they time, their crops, and memory.
+
+Each entry of `MODELS` builds one architecture at its script's default
+configuration for the 21 VOC classes; `SCRIPT_CROP` is that script's default
+`--crop-size` (its parser is the source of truth, and tests check they agree).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+import keras
+import tensorflow as tf
+
+from deeplab_train import build_deeplab
+from fcn_train import build_fcn
+from segnet_train import build_segnet
+from unet_train import build_unet
+
+NUM_CLASSES = 21
+MODELS: dict[str, Callable[[], keras.Model]] = {
+    "fcn8s": lambda: build_fcn(NUM_CLASSES, "8s"),
+    "unet": lambda: build_unet(NUM_CLASSES),
+    "segnet": lambda: build_segnet(NUM_CLASSES),
+    "deeplabv3plus_resnet50": lambda: build_deeplab(NUM_CLASSES, "v3plus", "resnet50"),
+    "deeplabv3_mobilenetv2": lambda: build_deeplab(NUM_CLASSES, "v3", "mobilenetv2"),
+}
+SCRIPT_CROP = {
+    "fcn8s": 320,
+    "unet": 256,
+    "segnet": 360,
+    "deeplabv3plus_resnet50": 512,
+    "deeplabv3_mobilenetv2": 512,
+}
+
+
+def in_fresh_process(function: Callable, *args):
+    """`function(*args)` in a new Python process, for a per-model peak memory.
+
+    A process's peak resident set never goes down, so measuring several models
+    in one process would report the largest so far for each of them.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def peak_memory_mb() -> float:
+    """The GPU's peak (since the last reset) where there is one, else this
+    process's peak resident memory (ru_maxrss is in KiB on Linux); run each
+    measurement `in_fresh_process` for a number per model."""
+    if tf.config.list_physical_devices("GPU"):
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name() -> str:
+    """ "GPU" or "CPU xN", for the table's header."""
+    if tf.config.list_physical_devices("GPU"):
+        return "GPU"
+    return f"CPU x{os.cpu_count()}"
