@@ -57,6 +57,7 @@ from common.layers import (
     AtrousConv2D,
     CaffeNormalization,
     ResizeLike,
+    batch_norm_layers,
     conv_bn_relu,
     separable_conv_bn,
 )
@@ -646,12 +647,10 @@ def freeze_batch_norm(model: keras.Model) -> int:
     then freezes it), except that there gamma and beta keep training. Returns
     the number of frozen layers.
     """
-    frozen = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
-            frozen += 1
-    return frozen
+    batch_norms = batch_norm_layers(model)
+    for layer in batch_norms:
+        layer.trainable = False
+    return len(batch_norms)
 
 
 # --------------------------------------------------------------------------

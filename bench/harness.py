@@ -7,6 +7,7 @@ configuration for the 21 VOC classes; `SCRIPT_CROP` is that script's default
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import resource
@@ -36,6 +37,17 @@ SCRIPT_CROP = {
     "deeplabv3plus_resnet50": 512,
     "deeplabv3_mobilenetv2": 512,
 }
+
+
+def add_models_arg(parser: argparse.ArgumentParser) -> None:
+    """`--models`, the architectures a benchmark times (default: all)."""
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        help="models to time (default: all)",
+    )
 
 
 def in_fresh_process(function: Callable, *args):

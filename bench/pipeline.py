@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 from bench.harness import (  # noqa: E402
     MODELS,
     SCRIPT_CROP,
+    add_models_arg,
     device_name,
     in_fresh_process,
     peak_memory_mb,
@@ -77,13 +78,7 @@ def time_fit(model: keras.Model, dataset: tf.data.Dataset, steps: int, warmup: i
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(MODELS),
-        default=list(MODELS),
-        help="models to time (default: all)",
-    )
+    add_models_arg(parser)
     parser.add_argument(
         "--data-dir", help="VOC-layout folder (default: VOC sample or shapes)"
     )

@@ -36,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 from bench.harness import (  # noqa: E402
     MODELS,
     NUM_CLASSES,
+    add_models_arg,
     device_name,
     in_fresh_process,
     peak_memory_mb,
@@ -133,13 +134,7 @@ def measure(name: str, args: argparse.Namespace, rate: float) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(MODELS),
-        default=list(MODELS),
-        help="models to time (default: all)",
-    )
+    add_models_arg(parser)
     parser.add_argument(
         "--crop-size", type=int, default=256, help="default: %(default)s"
     )

@@ -102,6 +102,13 @@ def conv_bn_relu(
     return layers.ReLU(name=f"{name}_relu" if name else None)(x)
 
 
+def batch_norm_layers(model: keras.Model) -> list[layers.BatchNormalization]:
+    """Every `BatchNormalization` layer of a functional model, in order."""
+    return [
+        layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)
+    ]
+
+
 def synchronize_batch_norm(model: keras.Model) -> int:
     """Make every BN layer compute its batch statistics over the global batch.
 
@@ -114,12 +121,10 @@ def synchronize_batch_norm(model: keras.Model) -> int:
     takes effect at the next trace, and `get_config` saves it. Returns the
     number of layers changed.
     """
-    changed = 0
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.synchronized = True
-            changed += 1
-    return changed
+    batch_norms = batch_norm_layers(model)
+    for layer in batch_norms:
+        layer.synchronized = True
+    return len(batch_norms)
 
 
 # VGG-16's ImageNet mean pixel in BGR order (keras.applications.vgg16).

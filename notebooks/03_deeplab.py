@@ -340,9 +340,10 @@ for name, iou in results["per_class_iou"].items():
 
 # %% [markdown]
 # Predictions on the first validation images (image | ground truth | prediction).
-# After the quick run expect noise or background; after a real one, the shapes
-# come out as blobs with rounded corners: the stride-4 decoder helps, but DeepLab
-# still upsamples its logits bilinearly by 4, which is why v2 added a CRF.
+# After the quick run expect noise or background. After a real one, look at the
+# corners and thin parts: the v3+ decoder works at stride 4 and its logits are
+# then upsampled bilinearly by 4, so detail finer than about 4 pixels has to
+# survive that interpolation (v2 added a CRF for exactly this).
 
 # %%
 display(Image(filename=os.path.join(OUTPUT_DIR, "predictions.png")))

@@ -195,9 +195,9 @@ plt.show()
 # Mean IoU hides which classes a model gets. One group of bars per class; a missing
 # bar is a class that model never predicted correctly (IoU 0), a class absent from
 # both the labels and the predictions has no IoU and is left out. What to look for:
-# the background is easy for everyone; the classes with thin parts (on `shapes`,
-# star and cross) are where upsampling coarse maps (FCN, DeepLab) and carrying
-# fine detail across (U-Net's skips, SegNet's indices) can differ.
+# the classes with thin parts (on `shapes`, star and cross) are where upsampling
+# coarse maps (FCN, DeepLab) and carrying fine detail across (U-Net's skips,
+# SegNet's indices) can differ.
 
 # %%
 present = [
