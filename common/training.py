@@ -512,6 +512,16 @@ def _results(matrix, dataset, args, evaluation, history) -> dict:
         "epochs_this_run": len(train_losses),
         "final_train_loss": float(train_losses[-1]) if train_losses else None,
         "confusion_matrix": matrix.tolist(),
+        # What evaluate.py and predict.py need to read this run's data again.
+        "dataset": {
+            "name": args.dataset,
+            "data_dir": dataset.data_dir,
+            "layout": dataset.layout,
+            "class_names": list(dataset.class_names),
+            "ignore_index": dataset.ignore_index,
+            "train_split": args.train_split,
+            "val_split": args.val_split,
+        },
         "argv": args.argv,
     }
 
