@@ -48,6 +48,9 @@ import os
 import warnings
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import keras
 from keras import layers
 
@@ -658,13 +661,19 @@ def freeze_batch_norm(model: keras.Model) -> int:
 # --------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def make_parser() -> argparse.ArgumentParser:
+    parser = training.ArgumentParser(
         description="Train DeepLab v1/v2/v3/v3+ (Chen et al.) for semantic "
         "segmentation.",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--variant", choices=VARIANTS, default="v3plus")
+    model.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="v3plus",
+        help="v1: VGG-16 LargeFOV; v2: ASPP-L; v3: ASPP with image pooling; "
+        "v3plus: v3 plus a decoder (default: %(default)s)",
+    )
     model.add_argument(
         "--backbone",
         choices=["resnet50", "xception", "mobilenetv2", "vgg16"],
@@ -690,7 +699,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--multi-grid",
-        type=int,
+        type=training.positive_int,
         nargs="+",
         default=list(MULTI_GRID),
         help="v3/v3plus on resnet50: dilation multipliers of the conv5 units "
@@ -704,7 +713,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--resnet-blocks",
-        type=int,
+        type=training.positive_int,
         nargs=4,
         default=list(RESNET50_BLOCKS),
         help="units per ResNet stage (default: 3 4 6 3 = ResNet-50; 1 1 1 1 for a "
@@ -712,7 +721,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--head-filters",
-        type=int,
+        type=training.positive_int,
         help="channels of v1's fc6/fc7 (default: 1024) or of the v3/v3plus ASPP "
         "and decoder (default: 256); fewer for a quick CPU run, where dilated "
         "convolutions train slowly",
@@ -747,8 +756,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "borders; Keras resizes with half-pixel centres, where multiples of the "
         "output stride line up."
     )
+    training.describe_default(
+        parser,
+        "learning_rate",
+        "0.007 x batch / 16; v1: 0.001 x batch / 20, the papers' rates scaled to "
+        "--batch-size",
+    )
+    training.describe_default(
+        parser, "weight_decay", "1e-4 for resnet50, 5e-4 for vgg16, 4e-5 otherwise"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser()
     args = training.parse_known(parser, argv)
     resolve_defaults(parser, args)
+    training.check_crop_size(
+        parser, args.crop_size, lambda size: voc.round_up(size, args.output_stride)
+    )
     return args
 
 
@@ -826,7 +852,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     train_ds, val_ds, steps = training.make_datasets(
         args,
         dataset,
-        valid_input_size=lambda size: voc.round_up(size, args.output_stride),
+        lambda size: voc.round_up(size, args.output_stride),
     )
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_deeplab(

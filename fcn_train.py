@@ -53,6 +53,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import keras
 from keras import layers, ops
 
@@ -275,8 +278,13 @@ def init_from(model: keras.Model, path: str) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def input_size_rule(size: int) -> int:
+    """The model takes any size; multiples of 32 waste no padding inside it."""
+    return voc.round_up(size, 32)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = training.ArgumentParser(
         description="Train FCN-32s/16s/8s (Long et al. 2015) on VGG-16 for semantic "
         "segmentation.",
         epilog=MEMORY_NOTE,
@@ -300,7 +308,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--init-from",
         metavar="PATH",
         help="a trained coarser FCN (.keras, e.g. runs/fcn32s/best.keras) to start "
-        "from, layer by name: the paper's staged training",
+        "from, layer by name: the paper's staged training (default: none, start from "
+        "--backbone-weights)",
     )
     model.add_argument(
         "--freeze-upsampling",
@@ -310,7 +319,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument(
         "--width",
-        type=float,
+        type=training.positive_float,
         default=1.0,
         help="multiply every layer's channels (default: %(default)s, the paper's "
         "VGG-16; 0.125 for a quick CPU run with --backbone-weights none)",
@@ -330,7 +339,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         batch_size=20,
         crop_size=320,
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser()
     args = training.parse_known(parser, argv)
+    training.check_crop_size(parser, args.crop_size, input_size_rule)
     if args.backbone_weights.lower() == "none":
         args.backbone_weights = None
     if args.width != 1.0 and args.backbone_weights and not args.init_from:
@@ -342,10 +357,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, f"fcn{args.variant}")
     dataset = training.resolve_dataset(args)
-    # The model takes any size; multiples of 32 just waste no padding inside it.
-    train_ds, val_ds, steps = training.make_datasets(
-        args, dataset, valid_input_size=lambda size: voc.round_up(size, 32)
-    )
+    train_ds, val_ds, steps = training.make_datasets(args, dataset, input_size_rule)
 
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_fcn(

@@ -3,7 +3,7 @@
     bash data/voc_download.sh
     python segnet_train.py --epochs 50
     python segnet_train.py --dataset camvid --data-dir data/CamVid \
-        --class-weighting median-frequency --epochs 100   # the paper's setting
+        --class-weighting median --epochs 100   # the paper's setting
     python segnet_train.py --dataset shapes --variant basic --crop-size 128 \
         --batch-size 8 --epochs 12                         # a quick CPU demo
 
@@ -37,7 +37,7 @@ and VOC images need no padding to a multiple of 32.
 Training recipe. The paper trains with SGD, a fixed learning rate of 0.1,
 momentum 0.9 and batches of 12, shuffled every epoch, and on CamVid weights the
 loss by median-frequency class balancing (Sec. 3.2; here
-`--class-weighting median-frequency`). Those are this script's defaults, except
+`--class-weighting median`). Those are this script's defaults, except
 that the learning rate follows the shared poly schedule (`--lr-schedule
 constant` gives the paper's fixed rate) so that the last epochs settle; the
 best checkpoint by validation mean IoU is kept either way. The training crop
@@ -51,11 +51,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import keras
-import numpy as np
 from keras import layers
 
-from common import training, voc
+from common import training
 from common.backbones import load_application
 from common.layers import (
     BN_MOMENTUM,
@@ -65,7 +67,6 @@ from common.layers import (
     MaxUnpooling2D,
     conv_bn_relu,
 )
-from common.losses import median_frequency_weights
 
 # VGG-16's convolutions per block (Simonyan & Zisserman 2015, Table 1, config D).
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512,) * 3)
@@ -240,32 +241,13 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
 # --------------------------------------------------------------------------
 
 
-def median_frequency_class_weights(
-    args: argparse.Namespace, dataset: voc.DatasetSpec
-) -> np.ndarray:
-    """Median-frequency weights (Sec. 3.2) from every mask of the training split.
-
-    Void pixels are not counted. Decoding all masks takes a few seconds for
-    CamVid (367 images), about a minute for VOC train.
-    """
-    pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
-    class_pixels, present_pixels = voc.class_pixel_counts(
-        pairs, dataset.num_classes, dataset.ignore_index
-    )
-    weights = median_frequency_weights(class_pixels, present_pixels)
-    print(f"Median-frequency class weights from {len(pairs)} training masks:")
-    for name, weight in zip(dataset.class_names, weights):
-        print(f"  {name:<16}{weight:8.4f}")
-    return weights
-
-
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def make_parser() -> argparse.ArgumentParser:
+    parser = training.ArgumentParser(
         description="Train SegNet (Badrinarayanan et al. 2017) for semantic "
         "segmentation, with max-pooling indices.",
     )
@@ -291,20 +273,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "once), none (random), or a keras.applications.VGG16(include_top=False) "
         "weights file (default: imagenet for vgg16, none for basic)",
     )
-    model.add_argument(
-        "--class-weighting",
-        choices=["none", "median-frequency"],
-        default="none",
-        help="median-frequency: weight each pixel by median(freq)/freq of its "
-        "class, counted on the training masks (the paper on CamVid; "
-        "default: %(default)s)",
-    )
     training.add_common_args(parser)
     # The paper's recipe (Sec. 3.2): SGD, lr 0.1, momentum 0.9, batches of 12.
     parser.set_defaults(
         optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=12, crop_size=360
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = make_parser()
     args = training.parse_known(parser, argv)
+    training.check_crop_size(parser, args.crop_size, any_input_size)
     if args.backbone_weights is None:
         args.backbone_weights = "imagenet" if args.variant == "vgg16" else "none"
     if args.variant == "basic" and args.backbone_weights != "none":
@@ -327,11 +307,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             backbone_weights=backbone_weights,
             upsampling=args.upsampling,
         )
-    class_weights = None
-    if args.class_weighting == "median-frequency":
-        class_weights = median_frequency_class_weights(args, dataset)
     train_ds, val_ds, steps = training.make_datasets(
-        args, dataset, valid_input_size=any_input_size, class_weights=class_weights
+        args, dataset, valid_input_size=any_input_size
     )
     return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
 

@@ -27,6 +27,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import keras
 from keras import layers
 
@@ -122,7 +125,7 @@ def label_margin(depth: int = 4) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = training.ArgumentParser(
         description="Train U-Net (Ronneberger et al. 2015) for semantic segmentation.",
     )
     model = parser.add_argument_group("model")
@@ -142,20 +145,33 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--filters",
-        type=int,
+        type=training.positive_int,
         nargs="+",
         default=list(PAPER_FILTERS),
         help="channels of each contracting level; the bottleneck has twice the last "
         "(default: 64 128 256 512 as in the paper; 16 32 64 128 for a quick CPU run)",
     )
     training.add_common_args(parser)
+    training.describe_default(
+        parser, "crop_size", "256 for --padding same, 572 (the paper's tile) for valid"
+    )
     return parser
 
 
+def input_size_rule(args: argparse.Namespace):
+    """The sizes this U-Net takes: any multiple of 2^depth, or valid-padding tiles."""
+    depth = len(args.filters)
+    if args.padding == "valid":
+        return lambda size: valid_input_size(size, depth)
+    return lambda size: voc.round_up(size, 2**depth)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    args = training.parse_known(make_parser(), argv)
+    parser = make_parser()
+    args = training.parse_known(parser, argv)
     if args.crop_size is None:  # The paper's 572 tile for valid, else VOC-sized.
         args.crop_size = 572 if args.padding == "valid" else 256
+    training.check_crop_size(parser, args.crop_size, input_size_rule(args))
     return args
 
 
@@ -164,15 +180,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     strategy = training.set_up(args, "unet")
     dataset = training.resolve_dataset(args)
 
-    depth = len(args.filters)
-    if args.padding == "valid":
-        geometry = dict(
-            valid_input_size=lambda size: valid_input_size(size, depth),
-            label_margin=label_margin(depth),
-        )
-    else:
-        geometry = dict(valid_input_size=lambda size: voc.round_up(size, 2**depth))
-    train_ds, val_ds, steps = training.make_datasets(args, dataset, **geometry)
+    margin = label_margin(len(args.filters)) if args.padding == "valid" else 0
+    train_ds, val_ds, steps = training.make_datasets(
+        args, dataset, input_size_rule(args), label_margin=margin
+    )
 
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_unet(

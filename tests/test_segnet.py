@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import segnet_train
-from common import voc
+from common import training, voc
 from common.layers import MaxUnpooling2D
 from common.losses import median_frequency_weights
 from common.voc import InputError
@@ -177,9 +177,9 @@ def camvid_argv(camvid_dir: str) -> list[str]:
 
 def test_median_frequency_weights_count_the_training_masks(camvid_dir):
     args = segnet_train.parse_args(camvid_argv(camvid_dir))
-    weights = segnet_train.median_frequency_class_weights(
-        args, segnet_train.training.resolve_dataset(args)
-    )
+    dataset = training.resolve_dataset(args)
+    pairs = voc.list_pairs(dataset.data_dir, "train", dataset.layout)
+    weights = np.array(training.median_frequency_class_weights(pairs, dataset))
     class_pixels = np.zeros(CAMVID_CLASSES)
     present_pixels = np.zeros(CAMVID_CLASSES)
     for name in sorted(os.listdir(os.path.join(camvid_dir, "trainannot"))):
@@ -249,6 +249,6 @@ def test_main_on_shapes(shapes_dir, tmp_path):
 
 def test_main_on_camvid_layout_with_median_frequency(camvid_dir, tmp_path):
     output_dir = str(tmp_path / "run")
-    argv = [*camvid_argv(camvid_dir), "--class-weighting", "median-frequency"]
+    argv = [*camvid_argv(camvid_dir), "--class-weighting", "median"]
     results = segnet_train.main([*argv, "--output-dir", output_dir, *TINY_RUN])
     check_run(output_dir, results, num_classes=CAMVID_CLASSES)

@@ -1,0 +1,49 @@
+"""A quiet start: import this before Keras or TensorFlow in an entry-point script.
+
+    from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+TensorFlow's C++ runtime prints a dozen lines while it loads (CUDA stubs not
+found, "failed call to cuInit" on a machine without a GPU, CPU instruction
+notes). None of them is about the user's run, and they push the first real
+line off the screen. Unless the user has set `TF_CPP_MIN_LOG_LEVEL` (then
+their choice stands and nothing is hidden), this module sets it to 3 (errors
+reach Python as exceptions anyway) and loads TensorFlow with its stderr
+captured: the capture is printed only if the import fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def _import_tensorflow_quietly() -> None:
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)  # The loader's messages are written to fd 2.
+        try:
+            import tensorflow  # noqa: F401
+        except BaseException:
+            log.seek(0)
+            os.write(saved_stderr, log.read())
+            raise
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+
+
+def progress_verbosity() -> int:
+    """Keras `verbose`: a progress bar on a terminal, one line per epoch in a log.
+
+    A progress bar redraws itself with carriage returns; written to a file it
+    becomes one line of thousands of characters per epoch.
+    """
+    return 1 if sys.stdout.isatty() else 2
+
+
+_import_tensorflow_quietly()
