@@ -740,12 +740,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--num-classes 2); index: grey value = class (default: index, refusing "
         "masks of only 0 and 255)",
     )
+    parser.add_argument(
+        "--class-names", nargs="+", metavar="NAME", help="names in class-index order"
+    )
     args = parser.parse_args(argv)
-    names = (
+    names = args.class_names or (
         VOC_CLASSES
         if args.num_classes == len(VOC_CLASSES)
         else [f"class_{i}" for i in range(args.num_classes)]
     )
+    if len(names) != args.num_classes:
+        parser.error(
+            f"--class-names lists {len(names)} names but --num-classes is "
+            f"{args.num_classes}."
+        )
     try:
         verify(
             args.data_dir,
