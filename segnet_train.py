@@ -250,7 +250,7 @@ def median_frequency_class_weights(
     """
     pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
     class_pixels, present_pixels = voc.class_pixel_counts(
-        pairs, dataset.num_classes, dataset.ignore_index
+        pairs, dataset.num_classes, dataset.ignore_index, dataset.mask_values
     )
     weights = median_frequency_weights(class_pixels, present_pixels)
     print(f"Median-frequency class weights from {len(pairs)} training masks:")

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import evaluate
 import unet_train
 from common import training, voc
 from common.voc import (
@@ -148,14 +149,14 @@ def test_class_counts_and_verify_read_binary_masks(tmp_path, capsys):
     assert "cell" in capsys.readouterr().out
 
 
-def test_unet_trains_on_binary_masks_and_records_the_flag(tmp_path):
+def test_unet_trains_and_evaluate_scores_on_binary_masks(tmp_path):
     rng = np.random.default_rng(0)
     masks = [np.where(rng.random((32, 32)) < 0.5, 0, 255).astype(np.uint8)] * 4
     write_folder(tmp_path / "data", masks, "train")
     data_dir = write_folder(tmp_path / "data", masks[:2], "val")
-    argv = ["--dataset", "folder", "--data-dir", data_dir, "--num-classes", "2"]
-    argv += ["--mask-values", "binary", "--class-names", "membrane", "cell"]
-    argv += ["--filters", "4", "8", "--crop-size", "32", "--batch-size", "2"]
+    data = ["--dataset", "folder", "--data-dir", data_dir, "--num-classes", "2"]
+    data += ["--mask-values", "binary", "--class-names", "membrane", "cell"]
+    argv = [*data, "--filters", "4", "8", "--crop-size", "32", "--batch-size", "2"]
     argv += ["--epochs", "1", "--steps-per-epoch", "1", "--num-predictions", "1"]
     argv += ["--output-dir", str(tmp_path / "run")]
 
@@ -166,6 +167,13 @@ def test_unet_trains_on_binary_masks_and_records_the_flag(tmp_path):
     # Both classes were scored: under the default reading, "cell" would be void.
     matrix = np.array(results["confusion_matrix"])
     assert matrix.sum() == 2 * 32 * 32 and matrix.sum(axis=1).min() > 0
+
+    # evaluate.py reads the masks the same way, batched and one image at a time.
+    model = ["--model", str(tmp_path / "run" / "best.keras"), "--split", "val"]
+    plain = evaluate.main([*model, *data])
+    assert plain["confusion_matrix"] == results["confusion_matrix"]
+    flipped = evaluate.main([*model, *data, "--flip"])
+    assert np.array(flipped["confusion_matrix"]).sum() == 2 * 32 * 32
 
 
 def test_the_flag_reaches_the_dataset_spec():
