@@ -71,6 +71,7 @@ def confusion_plain(model, dataset: voc.DatasetSpec, split: str, batch_size: int
         layout=dataset.layout,
         num_classes=dataset.num_classes,
         ignore_index=dataset.ignore_index,
+        mask_values=dataset.mask_values,
     )
     for images, masks in batches:
         metric.update_state(masks, model(images, training=False))
@@ -88,9 +89,19 @@ def confusion_multiscale(
     metric = ConfusionMatrix(dataset.num_classes)
     pairs = voc.list_pairs(dataset.data_dir, split, dataset.layout)
     voc.image_sizes(pairs)
+    voc.check_mask_values(
+        [mask for _, mask in pairs],
+        dataset.num_classes,
+        dataset.mask_values,
+        dataset.ignore_index,
+    )
     for image_path, mask_path in pairs:
         image, mask = voc.load_pair(
-            image_path, mask_path, dataset.num_classes, dataset.ignore_index
+            image_path,
+            mask_path,
+            dataset.num_classes,
+            dataset.ignore_index,
+            dataset.mask_values,
         )
         probabilities = inference.predict_multiscale(model, image, scales, flip)
         metric.update_state(mask[None], probabilities[None])

@@ -158,6 +158,13 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         metavar="NAME",
         help="names for --dataset folder, in class-index order (default: class_0 ...)",
     )
+    data.add_argument(
+        "--mask-values",
+        choices=voc.MASK_VALUES,
+        help="--dataset folder: binary = black-and-white masks, 0 -> class 0, 255 "
+        "-> class 1 (needs --num-classes 2); index = grey value is the class "
+        "(default: index, but masks of only 0 and 255 stop with an error)",
+    )
     return data
 
 
@@ -345,7 +352,9 @@ def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
             f"--class-names lists {len(names)} names but --num-classes is "
             f"{args.num_classes}."
         )
-    return voc.DatasetSpec(args.data_dir, "auto", names, args.ignore_index)
+    return voc.DatasetSpec(
+        args.data_dir, "auto", names, args.ignore_index, args.mask_values
+    )
 
 
 def make_datasets(
@@ -363,6 +372,7 @@ def make_datasets(
         layout=dataset.layout,
         num_classes=dataset.num_classes,
         ignore_index=dataset.ignore_index,
+        mask_values=dataset.mask_values,
         valid_input_size=valid_input_size,
         label_margin=label_margin,
         cache=args.cache,
@@ -413,7 +423,7 @@ def median_frequency_class_weights(
     hundred images, about a minute for VOC train.
     """
     class_pixels, present_pixels = voc.class_pixel_counts(
-        train_pairs, dataset.num_classes, dataset.ignore_index
+        train_pairs, dataset.num_classes, dataset.ignore_index, dataset.mask_values
     )
     weights = median_frequency_weights(class_pixels, present_pixels)
     total = max(int(class_pixels.sum()), 1)
@@ -720,6 +730,7 @@ def _results(matrix, dataset, args, evaluation, history) -> dict:
             "layout": dataset.layout,
             "class_names": list(dataset.class_names),
             "ignore_index": dataset.ignore_index,
+            "mask_values": dataset.mask_values,
             "train_split": args.train_split,
             "val_split": args.val_split,
         },

@@ -11,6 +11,11 @@ Images leave the pipeline as float32 RGB in **[0, 255]**; every model of this
 project normalises inside the model (its first layers), so `model.predict` on a
 raw image sees exactly what training saw.
 
+Black-and-white masks (0 = one class, 255 = the other: medical, document and
+the U-Net paper's ISBI membrane data) are read with `mask_values="binary"`
+(`--mask-values binary`). By default 255 means void, so such a mask would be
+almost all void; `check_mask_values` stops with an error before that happens.
+
     python -m common.voc verify data/VOCdevkit/VOC2012 --split train
 
 checks a whole dataset and prints the class pixel frequencies.
@@ -71,6 +76,10 @@ CAMVID_CLASSES = (
 CAMVID_VOID = 11
 CAMVID_DIR = os.path.join("data", "CamVid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# How a single-channel mask's grey values map to classes: "index" (the value is
+# the class), "binary" (0 -> class 0, 255 -> class 1). None = index, after
+# `check_mask_values` has made sure the masks are not black-and-white.
+MASK_VALUES = ("index", "binary")
 DOWNLOAD_HINT = (
     "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, point --data-dir "
     "at the folder that holds JPEGImages/, or try the built-in data with "
@@ -120,6 +129,7 @@ class DatasetSpec:
     layout: str  # "voc", "camvid" or "folder"
     class_names: tuple[str, ...]
     ignore_index: int = IGNORE_LABEL
+    mask_values: str | None = None  # "index", "binary" or None: see MASK_VALUES.
 
     @property
     def num_classes(self) -> int:
@@ -152,7 +162,8 @@ def _palette_to_indices(rgb: tf.Tensor, filename: tf.Tensor | str) -> tf.Tensor:
             filename,
             "has a colour that is not in the VOC palette, RGB =",
             first_unknown,
-            ". Save masks as VOC palette PNGs or as single-channel class-index PNGs.",
+            ". Save masks as VOC palette PNGs or as single-channel class-index PNGs "
+            "(black-and-white masks: --mask-values binary).",
         ],
         summarize=3,
     )
@@ -183,11 +194,57 @@ def decode_mask(
     )
 
 
-def _check_labels(
-    mask: tf.Tensor, image: tf.Tensor, mask_path: tf.Tensor, num_classes: int
+def decode_binary_mask(
+    png_bytes: tf.Tensor,
+    filename: tf.Tensor | str = "<mask>",
+    ignore_index: int = IGNORE_LABEL,
 ) -> tf.Tensor:
-    """Fail, naming the file, on a size mismatch or an out-of-range class index."""
-    in_range = tf.logical_or(mask < num_classes, tf.equal(mask, IGNORE_LABEL))
+    """Decode a black-and-white mask PNG: 0 -> class 0, 255 -> class 1, `(H, W)` uint8.
+
+    Any PNG kind works (1-bit, grey, grey + alpha, RGB, palette): it is read as
+    grey, and black and white stay exactly 0 and 255. Every other grey value
+    is an error naming `filename` (a JPEG-compressed or anti-aliased mask has
+    grey edges, whose class is a guess), except `ignore_index` when it is not
+    255: that value becomes void (255).
+    """
+    grey = tf.io.decode_png(png_bytes, channels=1)[..., 0]
+    has_void = ignore_index != IGNORE_LABEL  # 255 is a class here, not void.
+    valid = (grey == 0) | (grey == 255)
+    if has_void:
+        valid |= grey == ignore_index
+    check = tf.debugging.Assert(
+        tf.reduce_all(valid),
+        [
+            "Mask",
+            filename,
+            "holds the grey value",
+            tf.boolean_mask(grey, tf.logical_not(valid))[:1],
+            "but --mask-values binary reads only 0 (class 0) and 255 (class 1). "
+            "Save it as an exact black-and-white PNG (no JPEG, no smoothing).",
+        ],
+    )
+    with tf.control_dependencies([check]):
+        classes = tf.where(grey == 255, tf.constant(1, tf.uint8), grey)
+        if has_void:
+            classes = tf.where(
+                grey == ignore_index, tf.constant(IGNORE_LABEL, tf.uint8), classes
+            )
+        return classes
+
+
+def _check_labels(
+    mask: tf.Tensor,
+    image: tf.Tensor,
+    mask_path: tf.Tensor,
+    num_classes: int,
+    ignore_index: int = IGNORE_LABEL,
+) -> tf.Tensor:
+    """Fail, naming the file, on a size mismatch or an out-of-range class index.
+
+    Runs on the mask's own values, before `ignore_index` becomes 255, so that a
+    255 in a dataset whose void is another value is an error, not void.
+    """
+    in_range = tf.logical_or(mask < num_classes, tf.equal(mask, ignore_index))
     checks = [
         tf.debugging.Assert(
             tf.reduce_all(tf.equal(tf.shape(mask), tf.shape(image)[:2])),
@@ -207,8 +264,8 @@ def _check_labels(
                 mask_path,
                 "holds class index",
                 tf.reduce_max(tf.boolean_mask(mask, tf.logical_not(in_range))),
-                f"outside 0..{num_classes - 1} and not {IGNORE_LABEL} (void). Check "
-                "--num-classes and --ignore-index.",
+                f"outside 0..{num_classes - 1} and not {ignore_index} (void). Check "
+                "--num-classes, --ignore-index and --mask-values.",
             ],
         ),
     ]
@@ -221,20 +278,28 @@ def load_pair(
     mask_path: tf.Tensor,
     num_classes: int,
     ignore_index: int = IGNORE_LABEL,
+    mask_values: str | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Read one example: image `(H, W, 3)` uint8 RGB, mask `(H, W)` uint8 indices.
 
     `ignore_index` is the dataset's own void value (CamVid uses 11); it is
     remapped to `IGNORE_LABEL` (255) so that the rest of the project only ever
-    sees 255.
+    sees 255. `mask_values="binary"` reads black-and-white masks
+    (`decode_binary_mask`); otherwise grey values are class indices.
     """
     image = tf.io.decode_image(
         tf.io.read_file(image_path), channels=3, expand_animations=False
     )
-    mask = decode_mask(tf.io.read_file(mask_path), mask_path)
+    mask_bytes = tf.io.read_file(mask_path)
+    if mask_values == "binary":
+        mask = decode_binary_mask(mask_bytes, mask_path, ignore_index)
+        return image, _check_labels(mask, image, mask_path, num_classes)
+    mask = _check_labels(
+        decode_mask(mask_bytes, mask_path), image, mask_path, num_classes, ignore_index
+    )
     if ignore_index != IGNORE_LABEL:
         mask = tf.where(mask == ignore_index, tf.constant(IGNORE_LABEL, tf.uint8), mask)
-    return image, _check_labels(mask, image, mask_path, num_classes)
+    return image, mask
 
 
 # --------------------------------------------------------------------------
@@ -364,6 +429,66 @@ def image_sizes(pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     return sizes
 
 
+def check_mask_values(
+    mask_paths: Sequence[str],
+    num_classes: int,
+    mask_values: str | None = None,
+    ignore_index: int = IGNORE_LABEL,
+) -> None:
+    """Refuse flag combinations and masks whose meaning would be a guess.
+
+    A mask made only of 0 and 255 is either a black-and-white mask (255 = the
+    second class) or one class plus void, and its pixels cannot tell which.
+    Read as index masks with 255 = void, black-and-white masks train on the
+    background alone and score nothing else. So unless `mask_values` says how
+    to read them, the first mask with any non-zero pixel is decoded here (one
+    file, milliseconds); if it holds only 0 and 255, this raises a
+    `DatasetError` naming it and the two flags that settle the question.
+    Colour (palette) masks are never ambiguous and are not checked.
+    """
+    if mask_values not in (None, *MASK_VALUES):
+        raise DatasetError(
+            f"--mask-values {mask_values!r} is not one of {', '.join(MASK_VALUES)}."
+        )
+    if mask_values == "binary":
+        if num_classes != 2:
+            raise DatasetError(
+                "--mask-values binary makes two classes (0 -> class 0, 255 -> "
+                f"class 1), but --num-classes is {num_classes}: use 2."
+            )
+        if ignore_index == 0:
+            raise DatasetError(
+                "--mask-values binary reads 0 as class 0, so --ignore-index cannot "
+                "be 0 (use a grey value other than 0 and 255, or leave it at 255 "
+                "for no void)."
+            )
+    if mask_values is not None or ignore_index != IGNORE_LABEL:
+        return
+    for mask_path in mask_paths:
+        values = _grey_values(mask_path)
+        if values is None or not values.any():
+            continue
+        if set(values.tolist()) <= {0, IGNORE_LABEL}:
+            raise DatasetError(
+                f"Mask {mask_path!r} holds only 0 and 255, and 255 means void by "
+                "default, so every non-zero pixel would be ignored. Black-and-white "
+                "masks (255 = the second class): pass --mask-values binary "
+                "--num-classes 2. If 255 really is void here: --mask-values index."
+            )
+        return
+
+
+def _grey_values(mask_path: str) -> np.ndarray | None:
+    """The distinct grey values TensorFlow decodes, or None for a colour mask."""
+    try:
+        decoded = tf.io.decode_png(tf.io.read_file(mask_path), channels=0)
+    except tf.errors.InvalidArgumentError:
+        raise DatasetError(f"Mask {mask_path!r} is not a readable PNG.") from None
+    if decoded.shape[-1] > 2:  # Palette or RGB(A): looked up by colour, exactly.
+        return None
+    return np.unique(decoded[..., 0].numpy())
+
+
 # --------------------------------------------------------------------------
 # The tf.data pipeline
 # --------------------------------------------------------------------------
@@ -388,6 +513,7 @@ def make_dataset(
     valid_input_size: Callable[[int], int] = round_up,
     label_margin: int = 0,
     class_weights: Sequence[float] | None = None,
+    mask_values: str | None = None,
     max_images: int | None = None,
     cache: bool = False,
     seed: int = 0,
@@ -414,15 +540,17 @@ def make_dataset(
     pixels per side in training, and in evaluation the image is mirrored
     outwards by the margin (the paper's overlap-tile strategy, Fig. 2) so that
     the output still covers every pixel. `class_weights` adds a third element,
-    one weight per pixel (0 on void), for class-balanced losses.
+    one weight per pixel (0 on void), for class-balanced losses. `mask_values`
+    says how grey mask values map to classes (see `check_mask_values`).
     """
     pairs = list_pairs(data_dir, split, layout)[:max_images]
     sizes = image_sizes(pairs)
     image_paths, mask_paths = (list(column) for column in zip(*pairs))
+    check_mask_values(mask_paths, num_classes, mask_values, ignore_index)
     files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
 
     def load(image_path, mask_path):
-        return load_pair(image_path, mask_path, num_classes, ignore_index)
+        return load_pair(image_path, mask_path, num_classes, ignore_index, mask_values)
 
     if training:
         _check_crop_size(crop_size, valid_input_size)
@@ -526,19 +654,25 @@ def class_pixel_counts(
     pairs: Sequence[tuple[str, str]],
     num_classes: int,
     ignore_index: int = IGNORE_LABEL,
+    mask_values: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every mask of `pairs` (checking it) and count pixels per class.
 
     Returns two int64 `(num_classes,)` arrays: the pixels of each class, and the
     non-void pixels of the images in which that class occurs (the denominator
     of SegNet's median-frequency balancing). Void is never counted. Errors name
-    the file, as in training.
+    the file, as in training; pass the `mask_values` the pipeline reads with.
     """
+    check_mask_values(
+        [mask for _, mask in pairs], num_classes, mask_values, ignore_index
+    )
     counts = np.zeros(num_classes, np.int64)
     present_pixels = np.zeros(num_classes, np.int64)
     for image_path, mask_path in pairs:
         try:
-            _, mask = load_pair(image_path, mask_path, num_classes, ignore_index)
+            _, mask = load_pair(
+                image_path, mask_path, num_classes, ignore_index, mask_values
+            )
         except tf.errors.InvalidArgumentError as error:
             raise DatasetError(
                 f"{image_path} / {mask_path}: {tf_error_message(error)}"
@@ -567,11 +701,12 @@ def verify(
     class_names: Sequence[str],
     layout: str = "auto",
     ignore_index: int = IGNORE_LABEL,
+    mask_values: str | None = None,
 ) -> np.ndarray:
     """Check every file of a split and print class pixel frequencies."""
     pairs = list_pairs(data_dir, split, layout)
     image_sizes(pairs)
-    counts, _ = class_pixel_counts(pairs, num_classes, ignore_index)
+    counts, _ = class_pixel_counts(pairs, num_classes, ignore_index, mask_values)
     total = max(int(counts.sum()), 1)
     print(f"{split}: {len(pairs)} images, all readable, sizes and labels valid.")
     print(f"{'class':<16}{'pixels':>14}{'share':>9}")
@@ -598,12 +733,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=IGNORE_LABEL,
         help="void value (default 255)",
     )
+    parser.add_argument(
+        "--mask-values",
+        choices=MASK_VALUES,
+        help="binary: black-and-white masks, 0 -> class 0, 255 -> class 1 (with "
+        "--num-classes 2); index: grey value = class (default: index, refusing "
+        "masks of only 0 and 255)",
+    )
+    parser.add_argument(
+        "--class-names", nargs="+", metavar="NAME", help="names in class-index order"
+    )
     args = parser.parse_args(argv)
-    names = (
+    names = args.class_names or (
         VOC_CLASSES
         if args.num_classes == len(VOC_CLASSES)
         else [f"class_{i}" for i in range(args.num_classes)]
     )
+    if len(names) != args.num_classes:
+        parser.error(
+            f"--class-names lists {len(names)} names but --num-classes is "
+            f"{args.num_classes}."
+        )
     try:
         verify(
             args.data_dir,
@@ -611,6 +761,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.num_classes,
             names,
             ignore_index=args.ignore_index,
+            mask_values=args.mask_values,
         )
     except DatasetError as error:
         raise SystemExit(f"error: {error}") from None
