@@ -148,4 +148,4 @@ def with_progress(items: Iterable, total: int, unit: str = "image") -> Iterator:
         yield item
         if done % every == 0 or done == total:
             seconds = time.perf_counter() - start
-            print(f"  {done}/{total} {unit}s, {seconds:.0f} s", flush=True)
+            print(f"  {unit} {done}/{total}, {seconds:.0f} s", flush=True)
