@@ -18,8 +18,8 @@ Four papers by Chen et al., each adding one idea to the one before:
   pooling* (ASPP-L): four classifiers with dilation 6, 12, 18 and 24 look at
   the same ResNet features at four scales, and their logits are summed. v2
   then sharpens boundaries with a fully-connected CRF; that is a
-  post-processing step on the predictions (pydensecrf), not part of this
-  network, and this script does not run it.
+  post-processing step on the predictions, not part of this network: run it
+  with `evaluate.py --crf` or `predict.py --crf` (`common/crf.py`).
 - v3 (arXiv 2017, https://arxiv.org/abs/1706.05587): ASPP with batch norm and
   an *image-level* branch (global average pooling) for context the dilated
   kernels cannot reach; the branches are concatenated and projected, not

@@ -1,17 +1,26 @@
 """Score a trained model on every pixel of a split, at each image's own resolution.
 
-    python evaluate.py --model runs/unet-voc-TIME/best.keras
+    python evaluate.py --model runs/unet-shapes-TIME/best.keras
     python evaluate.py --model best.keras --scales 0.5,0.75,1.0,1.25,1.5,1.75 --flip
+    python evaluate.py --model best.keras --crf --trimap 4,8,16
+
+The dataset, its folder, class names, void value and validation split come from
+the `results.json` that training wrote beside the model; data flags override
+them (runs saved before that entry existed need them, else VOC is assumed).
 
 Prints the per-class IoU table, mean IoU and pixel accuracy (void pixels, 255,
 excluded), and writes `eval.json` and `confusion_matrix.png` next to the model
 (or to `--output-dir`). Mean IoU is computed once from the confusion matrix of
 the whole split, as the VOC benchmark does.
 
-Without `--scales`/`--flip`, images are padded in batches exactly as during
-training's validation. With them, every image is predicted at each scale (and
-mirrored), and the softmax outputs, resized back to the original size, are
-averaged: DeepLab's test-time augmentation.
+Without `--scales`/`--flip`/`--crf`/`--trimap`, images are padded in batches
+exactly as during training's validation. With them, every image is predicted on
+its own: at each scale (and mirrored), the softmax outputs, resized back to the
+original size, are averaged (DeepLab's test-time augmentation); `--crf` then
+refines that average with the fully connected CRF (DeepLab v1/v2, see
+`common/crf.py`), and both results are scored side by side. `--trimap 4,8,16`
+also scores only the pixels within 4, 8 and 16 pixels of a ground-truth
+boundary, where the CRF's gain shows (DeepLab v2, Fig. 5).
 """
 
 from __future__ import annotations
@@ -21,25 +30,35 @@ import json
 import os
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import numpy as np
 import tensorflow as tf
 
-from common import inference, plots, training, voc
+from common import crf, inference, plots, training, voc
 from common.metrics import (
     ConfusionMatrix,
     iou_table,
     mean_iou,
     per_class_iou,
     pixel_accuracy,
+    trimap_mask,
 )
+
+# The data flags' defaults when neither they nor the run's results.json say.
+FALLBACK_DATASET = {"dataset": "voc", "ignore_index": voc.IGNORE_LABEL, "split": "val"}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = training.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model", required=True, help="a .keras file saved by training"
     )
-    parser.add_argument("--split", default="val", help="split to score (default: val)")
+    parser.add_argument(
+        "--split",
+        help="split to score (default: the run's validation split, else val)",
+    )
     parser.add_argument(
         "--scales",
         default="1.0",
@@ -50,13 +69,87 @@ def make_parser() -> argparse.ArgumentParser:
         "--flip", action="store_true", help="also average left-right mirrored images"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=4, help="images per batch (default: 4)"
+        "--trimap",
+        help="comma-separated band widths in pixels, e.g. 4,8,16: also score only "
+        "the pixels that close to a ground-truth boundary",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=training.positive_int,
+        default=4,
+        help="images per batch (default: 4)",
     )
     parser.add_argument(
         "--output-dir", help="where eval.json goes (default: the model's folder)"
     )
-    training.add_dataset_args(parser)
+    crf.add_crf_args(parser)
+    data = training.add_dataset_args(parser)
+    data.description = "default: the run's settings in results.json beside --model"
+    # None = not given, so that results.json can fill it in (resolve_dataset).
+    parser.set_defaults(dataset=None, ignore_index=None)
+    for action in data._group_actions:
+        if action.dest in ("dataset", "ignore_index"):
+            action.help = action.help.replace("%(default)s", "the run's, else voc")
     return parser
+
+
+def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
+    """The dataset to score and a line that says where its settings came from.
+
+    Flags win; what they leave out comes from the training run's results.json,
+    unless `--dataset` names another dataset than the run's. Fills in
+    `args.dataset`, `args.split` and the other data flags accordingly.
+    """
+    run, results_path = inference.run_dataset(args.model)
+    given = [
+        flag
+        for flag, value in (
+            ("--dataset", args.dataset),
+            ("--data-dir", args.data_dir),
+            ("--split", args.split),
+            ("--class-names", args.class_names),
+            ("--ignore-index", args.ignore_index),
+        )
+        if value is not None
+    ]
+    if run is not None and args.dataset in (None, run["name"]):
+        args.dataset = run["name"]
+        args.data_dir = args.data_dir or run["data_dir"]
+        args.class_names = args.class_names or run["class_names"]
+        args.num_classes = args.num_classes or len(args.class_names)
+        if args.ignore_index is None:
+            args.ignore_index = run["ignore_index"]
+        args.mask_values = args.mask_values or run.get("mask_values")
+        args.split = args.split or run["val_split"]
+        source = f"settings from {results_path}" + (
+            f" and {', '.join(given)}" if given else ""
+        )
+    else:
+        for name, value in FALLBACK_DATASET.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+        reason = "no dataset entry in" if run is None else "--dataset differs from"
+        source = f"settings from the flags and defaults ({reason} {results_path})"
+    dataset = training.resolve_dataset(args)
+    return dataset, (
+        f"Scoring {args.dataset} {args.split} in {dataset.data_dir} "
+        f"({dataset.num_classes} classes, void {dataset.ignore_index}): {source}"
+    )
+
+
+def parse_trimap(text: str | None) -> tuple[int, ...]:
+    """'4,8,16' -> (4, 8, 16); None -> ()."""
+    if not text:
+        return ()
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise voc.InputError(
+            f"--trimap {text!r}: expected whole pixel widths like 4,8,16"
+        ) from None
+    if min(widths) < 1:
+        raise voc.InputError(f"--trimap {text!r}: every width must be at least 1")
+    return widths
 
 
 def confusion_plain(model, dataset: voc.DatasetSpec, split: str, batch_size: int):
@@ -73,20 +166,36 @@ def confusion_plain(model, dataset: voc.DatasetSpec, split: str, batch_size: int
         ignore_index=dataset.ignore_index,
         mask_values=dataset.mask_values,
     )
-    for images, masks in batches:
+    total = -(
+        -len(voc.list_pairs(dataset.data_dir, split, dataset.layout)) // batch_size
+    )
+    for images, masks in inference.with_progress(batches, total, unit="batch"):
         metric.update_state(masks, model(images, training=False))
     return metric.matrix.numpy()
 
 
-def confusion_multiscale(
+def confusion_per_image(
     model,
     dataset: voc.DatasetSpec,
     split: str,
     scales: Sequence[float],
     flip: bool,
-):
-    """One image at a time: averaged softmax over scales and flips, then argmax."""
-    metric = ConfusionMatrix(dataset.num_classes)
+    crf_settings: dict | None = None,
+    trimap_widths: Sequence[int] = (),
+) -> dict[tuple[str, int | None], np.ndarray]:
+    """One image at a time: averaged softmax over scales and flips, then argmax.
+
+    Returns a confusion matrix per (method, band): method "network", and "crf"
+    when `crf_settings` are given (the CRF refines the averaged softmax, as in
+    DeepLab); band None for every pixel, or a trimap width in pixels.
+    """
+    methods = ["network"] + (["crf"] if crf_settings is not None else [])
+    bands = [None, *trimap_widths]
+    metrics = {
+        (method, band): ConfusionMatrix(dataset.num_classes)
+        for method in methods
+        for band in bands
+    }
     pairs = voc.list_pairs(dataset.data_dir, split, dataset.layout)
     voc.image_sizes(pairs)
     voc.check_mask_values(
@@ -95,7 +204,7 @@ def confusion_multiscale(
         dataset.mask_values,
         dataset.ignore_index,
     )
-    for image_path, mask_path in pairs:
+    for image_path, mask_path in inference.with_progress(pairs, len(pairs)):
         image, mask = voc.load_pair(
             image_path,
             mask_path,
@@ -103,41 +212,123 @@ def confusion_multiscale(
             dataset.ignore_index,
             dataset.mask_values,
         )
+        image, mask = image.numpy(), mask.numpy()
         probabilities = inference.predict_multiscale(model, image, scales, flip)
-        metric.update_state(mask[None], probabilities[None])
-    return metric.matrix.numpy()
+        outputs = {"network": probabilities.numpy()}
+        if crf_settings is not None:
+            outputs["crf"] = crf.dense_crf(image, outputs["network"], **crf_settings)
+        masks = {
+            band: mask if band is None else trimap_mask(mask, band) for band in bands
+        }
+        for (method, band), metric in metrics.items():
+            metric.update_state(masks[band][None], outputs[method][None])
+    return {key: metric.matrix.numpy() for key, metric in metrics.items()}
+
+
+def scores(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Mean IoU, pixel accuracy, per-class IoU and the matrix, for eval.json."""
+    ious = per_class_iou(matrix).numpy()
+    return {
+        "mean_iou": float(mean_iou(matrix)),
+        "pixel_accuracy": float(pixel_accuracy(matrix)),
+        "per_class_iou": {
+            name: None if np.isnan(iou) else float(iou)
+            for name, iou in zip(class_names, ious)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def trimap_table(matrices: dict, widths: Sequence[int], with_crf: bool) -> str:
+    """Mean IoU within each boundary band, with and without the CRF."""
+    lines = [
+        f"{'trimap band':<14} {'mean IoU':>9}" + ("   with CRF" if with_crf else "")
+    ]
+    for width in widths:
+        line = (
+            f"{f'{width} px':<14} {float(mean_iou(matrices['network', width])):>9.1%}"
+        )
+        if with_crf:
+            line += f"   {float(mean_iou(matrices['crf', width])):>8.1%}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
+    predicted = model.output_shape[-1]
+    if predicted != dataset.num_classes:
+        raise voc.InputError(
+            f"{model.name!r} predicts {predicted} classes but the data has "
+            f"{dataset.num_classes} ({source}): give the --dataset/--data-dir "
+            "it was trained on."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
     scales = inference.parse_scales(args.scales)
-    dataset = training.resolve_dataset(args)
+    trimap_widths = parse_trimap(args.trimap)
+    crf_settings = crf.crf_settings(args) if args.crf else None
+    if args.crf:
+        crf.require_pydensecrf()  # Before the slow part, not after it.
+    dataset, source = resolve_dataset(args)
+    print(source)
     model = inference.load_model(args.model)
     inference.check_same_size_output(model)
+    check_num_classes(model, dataset, source)
 
+    per_image = scales != (1.0,) or args.flip or args.crf or trimap_widths
     try:
-        if scales == (1.0,) and not args.flip:
-            matrix = confusion_plain(model, dataset, args.split, args.batch_size)
+        if per_image:
+            matrices = confusion_per_image(
+                model,
+                dataset,
+                args.split,
+                scales,
+                args.flip,
+                crf_settings,
+                trimap_widths,
+            )
         else:
-            matrix = confusion_multiscale(model, dataset, args.split, scales, args.flip)
+            matrices = {
+                ("network", None): confusion_plain(
+                    model, dataset, args.split, args.batch_size
+                )
+            }
     except tf.errors.InvalidArgumentError as error:
         raise voc.DatasetError(voc.tf_error_message(error)) from None
 
+    matrix = matrices["network", None]
     print(iou_table(matrix, dataset.class_names))
-    ious = per_class_iou(matrix).numpy()
     results = {
         "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": dataset.data_dir,
         "split": args.split,
         "scales": list(scales),
         "flip": args.flip,
-        "mean_iou": float(mean_iou(matrix)),
-        "pixel_accuracy": float(pixel_accuracy(matrix)),
-        "per_class_iou": {
-            name: None if np.isnan(iou) else float(iou)
-            for name, iou in zip(dataset.class_names, ious)
-        },
-        "confusion_matrix": matrix.tolist(),
+        **scores(matrix, dataset.class_names),
     }
+    if args.crf:
+        results["crf"] = {
+            "settings": crf_settings,
+            **scores(matrices["crf", None], dataset.class_names),
+        }
+        print(
+            f"mean IoU {results['mean_iou']:.1%} without CRF, "
+            f"{results['crf']['mean_iou']:.1%} with CRF (pixel accuracy "
+            f"{results['pixel_accuracy']:.1%}, "
+            f"{results['crf']['pixel_accuracy']:.1%})"
+        )
+    if trimap_widths:
+        results["trimap"] = {}
+        for width in trimap_widths:
+            band = {"mean_iou": float(mean_iou(matrices["network", width]))}
+            if args.crf:
+                band["mean_iou_crf"] = float(mean_iou(matrices["crf", width]))
+            results["trimap"][str(width)] = band
+        print(trimap_table(matrices, trimap_widths, args.crf))
+
     output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "eval.json"), "w") as f:

@@ -3,12 +3,16 @@
     python predict.py --model runs/unet-voc-TIME/best.keras photo.jpg holidays/ clip.mp4
 
 For every image it writes `NAME_mask.png`, a VOC palette PNG (opens as a VOC
-style label, class index = pixel value), and `NAME_overlay.jpg`, the image
-blended with the coloured mask, with a legend of the classes present beside it. A video
-becomes `NAME_overlay.mp4`. Images of any size work (padded for the network,
-cropped back); greyscale and RGBA inputs are converted; JPEG EXIF orientation
-is applied (OpenCV does it on reading). A file that cannot be read is reported
-and skipped; the exit code is 1 if any input failed.
+style label, class index = pixel value), and `NAME_overlay.jpg`: the image at
+its own size, tinted with the coloured mask and each region outlined, with a
+legend of the classes present beside it. A video becomes `NAME_overlay.mp4`.
+It names every file it writes (or, for many inputs, the folder and the count).
+Images of any size work (padded for the network, cropped back); greyscale and
+RGBA inputs are converted; JPEG EXIF orientation is applied (OpenCV does it on
+reading). A file that cannot be read is reported and skipped; the exit code is
+1 if any input failed. Class names come from the `results.json` beside the
+model. `--crf` refines each prediction with DeepLab's dense CRF
+(`common/crf.py`; `pip install -r requirements-crf.txt`).
 """
 
 from __future__ import annotations
@@ -19,18 +23,24 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import cv2
 import numpy as np
 from PIL import Image
 
-from common import inference, plots, training
+from common import crf, inference, plots, training
+from common.metrics import label_boundaries
 from common.voc import IMAGE_EXTENSIONS, VOC_CLASSES
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# Up to this many inputs, every written file is named; beyond, one summary line.
+MAX_LISTED = 10
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = training.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or videos")
     parser.add_argument(
         "--model", required=True, help="a .keras file saved by training"
@@ -48,8 +58,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--alpha",
         type=float,
-        default=0.5,
-        help="opacity of the mask in the overlay (default: %(default)s)",
+        default=0.6,
+        help="opacity of the class colours in the overlay (default: %(default)s)",
     )
     parser.add_argument(
         "--scales", default="1.0", help="test scales, e.g. 0.75,1.0,1.25 (default: 1.0)"
@@ -57,19 +67,21 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--flip", action="store_true", help="also average mirrored images"
     )
+    crf.add_crf_args(parser)
     return parser
 
 
 def class_names_for(model_path: str, num_classes: int, given: Sequence[str] | None):
     """Names from the flag, else from the training run's results.json, else VOC's."""
-    results_path = os.path.join(os.path.dirname(model_path), "results.json")
     if given:
         return list(given)
-    if os.path.isfile(results_path):
+    run, results_path = inference.run_dataset(model_path)
+    names = run["class_names"] if run else []
+    if not names and os.path.isfile(results_path):  # Runs saved before "dataset".
         with open(results_path) as f:
             names = list(json.load(f).get("per_class_iou", {}))
-        if len(names) == num_classes:
-            return names
+    if len(names) == num_classes:
+        return list(names)
     if num_classes == len(VOC_CLASSES):
         return list(VOC_CLASSES)
     return [f"class_{i}" for i in range(num_classes)]
@@ -86,43 +98,76 @@ def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
             yield path
 
 
-def segment(model, rgb: np.ndarray, scales, flip: bool) -> np.ndarray:
+def segment(model, rgb: np.ndarray, scales, flip: bool, crf_settings=None):
     """Class index per pixel, uint8 `(H, W)`, for one RGB uint8 image."""
     probabilities = inference.predict_multiscale(
         model, rgb.astype(np.float32), scales, flip
     )
+    if crf_settings is not None:
+        probabilities = crf.dense_crf(rgb, probabilities.numpy(), **crf_settings)
     return inference.to_numpy_labels(probabilities)
 
 
-LEGEND_WIDTH = 140  # pixels of the legend panel beside the image
+def overlay(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    alpha: float,
+    legend_indices: np.ndarray | None = None,
+) -> np.ndarray:
+    """The image, tinted by class and outlined, with a legend panel to its right.
 
-
-def overlay(rgb: np.ndarray, labels: np.ndarray, names: Sequence[str], alpha: float):
-    """The image blended with the coloured mask, and beside it a legend panel.
-
-    The legend lists the classes present and sits to the right of the image,
-    so it never hides a small image; the panel keeps the image's height, so
-    every frame of a video has the same size.
+    Readable on real photos: VOC's palette is dark, so a plain 50 % blend turns
+    a photo murky. Class 0 (VOC's background) has the palette's black, which
+    would only darken the picture: its pixels stay untinted. The other classes
+    are blended at `alpha`, and every region border is drawn in white, which
+    shows on dark and mid-tone photos alike. The image keeps its own size; the
+    output is taller than it only when the legend needs the room. The legend
+    lists `legend_indices` (default: the classes present).
     """
-    blended = cv2.addWeighted(rgb, 1 - alpha, plots.colorize(labels), alpha, 0)
-    panel = np.zeros((rgb.shape[0], LEGEND_WIDTH, 3), np.uint8)
-    for row, index in enumerate(np.unique(labels)):
-        top = 6 + 18 * row
+    colors = plots.colorize(labels)
+    tinted = cv2.addWeighted(rgb, 1 - alpha, colors, alpha, 0)
+    blended = np.where((labels == 0)[..., None], rgb, tinted)
+    blended[label_boundaries(labels)] = 255
+    if legend_indices is None:
+        legend_indices = np.unique(labels)
+    panel = legend_panel(legend_indices, names, rgb.shape[0])
+    height = max(blended.shape[0], panel.shape[0])
+    canvas = np.zeros((height, blended.shape[1] + panel.shape[1], 3), np.uint8)
+    canvas[: blended.shape[0], : blended.shape[1]] = blended
+    canvas[: panel.shape[0], blended.shape[1] :] = panel
+    return canvas
+
+
+LEGEND_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def legend_panel(indices: np.ndarray, names: Sequence[str], height: int):
+    """A black panel listing each class index with its colour swatch and name.
+
+    At least `height` tall (one image's height), and wide and tall enough for
+    every entry; text grows with big images so that it stays legible.
+    """
+    scale = max(0.45, height / 800)
+    row = int(round(36 * scale))
+    labels = [names[i] if i < len(names) else str(i) for i in indices]
+    text_width = max(
+        cv2.getTextSize(text, LEGEND_FONT, scale, 1)[0][0] for text in labels
+    )
+    panel = np.zeros(
+        (max(height, row * len(labels) + row // 2), text_width + 2 * row, 3), np.uint8
+    )
+    for number, (index, text) in enumerate(zip(indices, labels)):
+        top, side = row // 3 + row * number, int(row * 0.7)
+        corner = (row // 3, top), (row // 3 + side, top + side)
         color = tuple(int(c) for c in plots.COLORMAP[index])
-        cv2.rectangle(panel, (6, top), (20, top + 14), color, thickness=-1)
-        cv2.rectangle(panel, (6, top), (20, top + 14), (255, 255, 255), thickness=1)
-        name = names[index] if index < len(names) else str(index)
+        cv2.rectangle(panel, *corner, color, thickness=-1)
+        cv2.rectangle(panel, *corner, (255, 255, 255), thickness=1)
+        baseline = (row // 3 + side + row // 4, top + side - 1)
         cv2.putText(
-            panel,
-            name,
-            (26, top + 12),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            0.45,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
+            panel, text, baseline, LEGEND_FONT, scale, (255, 255, 255), 1, cv2.LINE_AA
         )
-    return np.concatenate([blended, panel], axis=1)
+    return panel
 
 
 def save_palette_png(labels: np.ndarray, path: str) -> None:
@@ -132,24 +177,33 @@ def save_palette_png(labels: np.ndarray, path: str) -> None:
     image.save(path)
 
 
-def predict_image(model, path: str, out_dir: str, names, args, scales) -> None:
+def predict_image(model, path: str, out_dir: str, names, args, options) -> list[str]:
+    """Write NAME_mask.png and NAME_overlay.jpg for one image; return their paths."""
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)  # grey/RGBA -> BGR, EXIF applied
     if bgr is None:
         raise OSError(f"cannot read {path!r} as an image")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    labels = segment(model, rgb, scales, args.flip)
+    labels = segment(model, rgb, **options)
     stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
     save_palette_png(labels, f"{stem}_mask.png")
     blended = overlay(rgb, labels, names, args.alpha)
     cv2.imwrite(f"{stem}_overlay.jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
+    return [f"{stem}_mask.png", f"{stem}_overlay.jpg"]
 
 
-def predict_video(model, path: str, out_dir: str, names, args, scales) -> None:
+def predict_video(model, path: str, out_dir: str, names, args, options) -> list[str]:
+    """Write NAME_overlay.mp4, every frame segmented; return its path.
+
+    The legend lists every class, so that all frames have the same size.
+    """
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         raise OSError(f"cannot open {path!r} as a video")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
+    output = os.path.join(
+        out_dir, os.path.splitext(os.path.basename(path))[0] + "_overlay.mp4"
+    )
+    every_class = np.arange(len(names))
     writer = None
     try:
         while True:
@@ -157,13 +211,12 @@ def predict_video(model, path: str, out_dir: str, names, args, scales) -> None:
             if not ok:
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            blended = overlay(
-                rgb, segment(model, rgb, scales, args.flip), names, args.alpha
-            )
+            labels = segment(model, rgb, **options)
+            blended = overlay(rgb, labels, names, args.alpha, every_class)
             if writer is None:
                 size = (blended.shape[1], blended.shape[0])
                 fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writer = cv2.VideoWriter(f"{stem}_overlay.mp4", fourcc, fps, size)
+                writer = cv2.VideoWriter(output, fourcc, fps, size)
             writer.write(cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
     finally:
         capture.release()
@@ -171,26 +224,42 @@ def predict_video(model, path: str, out_dir: str, names, args, scales) -> None:
             writer.release()
     if writer is None:
         raise OSError(f"{path!r} has no frames that OpenCV can decode")
+    return [output]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Predict every input; return the number of inputs that failed."""
     args = make_parser().parse_args(argv)
-    scales = inference.parse_scales(args.scales)
+    options = {
+        "scales": inference.parse_scales(args.scales),
+        "flip": args.flip,
+        "crf_settings": crf.crf_settings(args) if args.crf else None,
+    }
+    if args.crf:
+        crf.require_pydensecrf()
     model = inference.load_model(args.model)
     names = class_names_for(args.model, model.output_shape[-1], args.class_names)
     os.makedirs(args.out, exist_ok=True)
-    failures = 0
-    for path in expand_inputs(args.inputs):
+    paths = list(expand_inputs(args.inputs))
+    failures, written = 0, 0
+    for path in paths:
         is_video = path.lower().endswith(VIDEO_EXTENSIONS)
         try:
-            (predict_video if is_video else predict_image)(
-                model, path, args.out, names, args, scales
+            outputs = (predict_video if is_video else predict_image)(
+                model, path, args.out, names, args, options
             )
-            print(f"{path} -> {args.out}")
         except OSError as error:
             print(f"skipped: {error}", file=sys.stderr)
             failures += 1
+            continue
+        written += len(outputs)
+        if len(paths) <= MAX_LISTED:
+            print(f"{path} -> {', '.join(outputs)}")
+    if len(paths) > MAX_LISTED:
+        print(
+            f"Wrote {written} files for {len(paths) - failures} inputs to {args.out} "
+            "(NAME_mask.png and NAME_overlay.jpg per image, NAME_overlay.mp4 per video)"
+        )
     return failures
 
 

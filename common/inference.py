@@ -3,12 +3,18 @@
 Used by `evaluate.py` (multi-scale / flip evaluation) and `predict.py`. The
 network sees each image padded at the bottom/right with the dataset mean to a
 multiple of `size_divisor`, exactly as in validation during training
-(`common.voc.make_dataset`), and the padding is cropped off the output.
+(`common.voc.make_dataset`), and the padding is cropped off the output. Both
+scripts read the training run's settings from the `results.json` beside the
+model (`run_dataset`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -105,3 +111,41 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def to_numpy_labels(probabilities: tf.Tensor) -> np.ndarray:
     """Class index per pixel, uint8 `(H, W)`."""
     return np.argmax(np.asarray(probabilities), axis=-1).astype(np.uint8)
+
+
+def run_dataset(model_path: str) -> tuple[dict | None, str]:
+    """The `dataset` entry of the training run's results.json beside the model.
+
+    Training writes it (name, data_dir, layout, class_names, ignore_index,
+    train_split, val_split) so that evaluate.py and predict.py need no data
+    flags. Returns `(None, path)` for runs saved before it existed, or with no
+    results.json at all; also returns the results.json path, for messages.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "results.json")
+    if not os.path.isfile(path):
+        return None, path
+    try:
+        with open(path) as f:
+            return json.load(f).get("dataset"), path
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read it as JSON ({error}).") from None
+
+
+def with_progress(items: Iterable, total: int, unit: str = "image") -> Iterator:
+    """Yield `items`; show a Keras progress bar on a terminal, else a line per 10 %.
+
+    A log file (or CI) gets a few plain lines instead of a bar redrawn in place.
+    """
+    if sys.stdout.isatty():
+        bar = keras.utils.Progbar(total, unit_name=unit)
+        for done, item in enumerate(items, 1):
+            yield item
+            bar.update(done)
+        return
+    every = max(1, total // 10)
+    start = time.perf_counter()
+    for done, item in enumerate(items, 1):
+        yield item
+        if done % every == 0 or done == total:
+            seconds = time.perf_counter() - start
+            print(f"  {unit} {done}/{total}, {seconds:.0f} s", flush=True)

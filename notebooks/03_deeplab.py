@@ -297,9 +297,10 @@ for variant, backbone in VARIANTS:
     keras.backend.clear_session()
 
 # %% [markdown]
-# v2's conditional random field (a post-processing step that sharpens boundaries)
-# is not part of the network and is not run here. The v3+ encoder-decoder, drawn
-# from the model: the ASPP output (1/16) meets the stride-4 features.
+# v1 and v2's conditional random field (a post-processing step that sharpens
+# boundaries) is not part of the network: it has its own section at the end. The
+# v3+ encoder-decoder, drawn from the model: the ASPP output (1/16) meets the
+# stride-4 features.
 
 # %%
 model = deeplab_train.build_deeplab(
@@ -347,6 +348,90 @@ for name, iou in results["per_class_iou"].items():
 
 # %%
 display(Image(filename=os.path.join(OUTPUT_DIR, "predictions.png")))
+
+# %% [markdown]
+# ## v1/v2's dense CRF: snapping a blurry map to the image's edges
+#
+# DeepLab v1 and v2 upsample their stride-8 logits bilinearly, so boundaries come
+# out blurred over about 8 pixels. They then run the fully connected CRF of
+# Krähenbühl & Koltun (2011): every pixel pair pays a cost for different labels,
+# large when the two are close *and* of similar colour (the appearance kernel) or
+# merely close (the smoothness kernel). `common.crf.dense_crf` runs Krähenbühl's
+# C++ mean-field code (`pip install -r requirements-crf.txt`) with DeepLab's VOC
+# settings; `evaluate.py --crf` and `predict.py --crf` use it.
+#
+# No trained VOC network is at hand here, so the cell makes one's kind of output
+# from the ground truth: one-hot, averaged over 8 x 8 cells, noisy logits,
+# bilinearly upsampled (`crf.simulated_stride8_probabilities`). It uses the VOC
+# sample pairs beside the checkout if present, else `shapes` validation images.
+# What to look for: the unaries' rounded, blurred outlines and stray specks, and
+# how the CRF output follows the image's edges and drops the specks. Each
+# 500 x 375 image takes a few seconds on a CPU.
+
+# %%
+from common import crf
+from common.metrics import ConfusionMatrix, mean_iou, trimap_mask
+
+SAMPLE_DIR = os.path.join("..", "shared", "data", "voc_sample", "VOC2012")
+CRF_DIR, CRF_CLASSES = (
+    (SAMPLE_DIR, voc.VOC_CLASSES)
+    if os.path.isdir(SAMPLE_DIR)
+    else (shapes.generate_shapes(), shapes.SHAPES_CLASSES)
+)
+crf_pairs = voc.list_pairs(CRF_DIR, "val", "voc")[: 1 if QUICK else 6]
+rng = np.random.default_rng(0)
+examples = []
+for image_path, mask_path in crf_pairs:
+    image, mask = (
+        t.numpy() for t in voc.load_pair(image_path, mask_path, len(CRF_CLASSES))
+    )
+    unaries = crf.simulated_stride8_probabilities(mask, len(CRF_CLASSES), rng)
+    examples.append((image, mask, unaries, crf.dense_crf(image, unaries)))
+
+shown = examples[:3]
+figure, axes = plt.subplots(
+    len(shown), 4, figsize=(13, 3.2 * len(shown)), squeeze=False
+)
+for row, (image, mask, unaries, refined) in zip(axes, shown):
+    panels = [image, mask, np.argmax(unaries, -1), np.argmax(refined, -1)]
+    titles = ["image", "ground truth", "stride-8 unaries (argmax)", "after the CRF"]
+    for axis, panel, title in zip(row, panels, titles):
+        axis.imshow(panel if panel.ndim == 3 else voc.voc_colormap()[panel])
+        axis.set_title(title)
+        axis.axis("off")
+figure.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **The trimap curve** (v1 Sec. 4.1, v2 Fig. 5): mean IoU counted only on the
+# pixels within N pixels of a ground-truth boundary, for growing N
+# (`common.metrics.trimap_mask`; `evaluate.py --trimap 4,8,16`). Near the
+# boundary is where an output-stride-8 map is weakest. What to look for: how far
+# apart the two curves are, and at which widths; on the 40 VOC pairs
+# `bench/crf.py` prints the same numbers for the whole sample.
+
+# %%
+WIDTHS = (2, 4, 8, 16, 32)
+curves = {"unaries": [], "CRF": []}
+for width in WIDTHS:
+    for name, index in (("unaries", 2), ("CRF", 3)):
+        metric = ConfusionMatrix(len(CRF_CLASSES))
+        for example in examples:
+            metric.update_state(
+                trimap_mask(example[1], width)[None], example[index][None]
+            )
+        curves[name].append(float(mean_iou(metric.matrix.numpy())))
+figure, axis = plt.subplots(figsize=(6, 3.6))
+for name, values in curves.items():
+    axis.plot(WIDTHS, values, marker="o", label=name)
+axis.set(
+    xlabel="trimap width (pixels from a boundary)",
+    ylabel="mean IoU in the band",
+    title=f"Trimap IoU on {len(examples)} image(s)",
+)
+axis.legend()
+axis.grid(alpha=0.3)
+plt.show()
 
 # %% [markdown]
 # Next: `04_segnet`, an encoder-decoder that upsamples with the encoder's pooling

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import evaluate
-from common import inference, training
+from common import inference, shapes, training
+from common.metrics import label_boundaries, trimap_mask
 from common.voc import IGNORE_LABEL, InputError
 
 NUM_CLASSES = 21
@@ -68,13 +69,16 @@ def test_eval_json_matches_numpy(tiny_voc, tmp_path):
 def test_single_scale_tta_and_flip_equal_plain_evaluation(tiny_voc):
     data_dir, examples = tiny_voc
     model, kernel = pointwise_model(seed=2)
-    args = evaluate.make_parser().parse_args(["--model", "x", "--data-dir", data_dir])
+    args = evaluate.make_parser().parse_args(
+        ["--model", "x", "--dataset", "voc", "--data-dir", data_dir]
+    )
     dataset = training.resolve_dataset(args)
 
     plain = evaluate.confusion_plain(model, dataset, "val", batch_size=2)
-    tta = evaluate.confusion_multiscale(model, dataset, "val", (1.0,), flip=False)
+    tta = evaluate.confusion_per_image(model, dataset, "val", (1.0,), flip=False)
     # A pointwise model is mirror-symmetric, so flip-and-unflip must change nothing.
-    flipped = evaluate.confusion_multiscale(model, dataset, "val", (1.0,), flip=True)
+    flipped = evaluate.confusion_per_image(model, dataset, "val", (1.0,), flip=True)
+    tta, flipped = tta["network", None], flipped["network", None]
 
     np.testing.assert_array_equal(plain, numpy_confusion(examples, kernel))
     np.testing.assert_array_equal(tta, plain)
@@ -121,3 +125,140 @@ def test_valid_padding_unet_is_refused_with_a_pointer_to_its_results():
     model = build_unet(3, padding="valid", filters=(4, 8, 16, 32))
     with pytest.raises(InputError, match="results.json"):
         inference.check_same_size_output(model)
+
+
+def test_trimap_mask_keeps_exactly_the_pixels_near_a_boundary():
+    mask = np.zeros((30, 40), np.uint8)
+    mask[10:20, 12:30] = 3
+    boundary = np.argwhere(label_boundaries(mask))
+    rows, columns = np.indices(mask.shape)
+    # Brute force: Euclidean distance from every pixel to every boundary pixel.
+    distance = np.sqrt(
+        (rows[..., None] - boundary[:, 0]) ** 2
+        + (columns[..., None] - boundary[:, 1]) ** 2
+    ).min(axis=-1)
+
+    band = trimap_mask(mask, 3)
+
+    np.testing.assert_array_equal(band != IGNORE_LABEL, distance <= 3)
+    np.testing.assert_array_equal(band[band != IGNORE_LABEL], mask[distance <= 3])
+    assert (trimap_mask(np.ones((8, 8), np.uint8), 3) == IGNORE_LABEL).all()
+
+
+def test_trimap_flag_scores_the_band_only(tiny_voc, tmp_path):
+    data_dir, examples = tiny_voc
+    model, kernel = pointwise_model()
+    model.save(tmp_path / "model.keras")
+    banded = {
+        name: (image, trimap_mask(mask, 2)) for name, (image, mask) in examples.items()
+    }
+
+    results = evaluate.main(
+        ["--model", str(tmp_path / "model.keras"), "--data-dir", data_dir,
+         "--trimap", "2"]
+    )  # fmt: skip
+
+    expected = numpy_confusion(banded, kernel)
+    with np.errstate(invalid="ignore"):  # 0 / 0: a class in neither
+        per_class = np.diag(expected) / (
+            expected.sum(0) + expected.sum(1) - np.diag(expected)
+        )
+    assert results["trimap"]["2"]["mean_iou"] == pytest.approx(np.nanmean(per_class))
+    np.testing.assert_array_equal(
+        results["confusion_matrix"], numpy_confusion(examples, kernel)
+    )
+
+
+def test_bad_trimap_is_a_clear_error():
+    with pytest.raises(InputError, match="--trimap"):
+        evaluate.parse_trimap("4,wide")
+
+
+def test_crf_without_the_package_stops_with_the_install_line(
+    tiny_voc, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(__import__("sys").modules, "pydensecrf", None)
+    monkeypatch.setitem(__import__("sys").modules, "pydensecrf.densecrf", None)
+    with pytest.raises(InputError, match=r"pip install -r requirements-crf\.txt"):
+        evaluate.main(["--model", "any.keras", "--data-dir", tiny_voc[0], "--crf"])
+
+
+def test_crf_scores_are_stored_beside_the_network_s(tiny_voc, tmp_path):
+    pytest.importorskip("pydensecrf.densecrf")
+    data_dir, examples = tiny_voc
+    model, kernel = pointwise_model()
+    model.save(tmp_path / "model.keras")
+
+    results = evaluate.main(
+        ["--model", str(tmp_path / "model.keras"), "--data-dir", data_dir,
+         "--crf", "--crf-iterations", "2", "--trimap", "2"]
+    )  # fmt: skip
+
+    np.testing.assert_array_equal(
+        results["confusion_matrix"], numpy_confusion(examples, kernel)
+    )
+    crf_matrix = np.array(results["crf"]["confusion_matrix"])
+    assert crf_matrix.sum() == np.sum(results["confusion_matrix"])  # same pixels
+    assert results["crf"]["settings"]["iterations"] == 2
+    assert set(results["trimap"]["2"]) == {"mean_iou", "mean_iou_crf"}
+
+
+def write_run(run_dir, dataset_entry, num_classes):
+    """A tiny saved model and the results.json a training run leaves beside it."""
+    inputs = keras.Input((None, None, 3))
+    logits = keras.layers.Conv2D(num_classes, 1, name="logits")(inputs)
+    keras.Model(inputs, logits).save(run_dir / "best.keras")
+    results = {"mean_iou": 0.0, "argv": []}
+    if dataset_entry is not None:
+        results["dataset"] = dataset_entry
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return str(run_dir / "best.keras")
+
+
+def test_data_settings_default_to_the_run_s_results_json(shapes_dir, tmp_path, capsys):
+    model_path = write_run(
+        tmp_path,
+        {
+            "name": "shapes",
+            "data_dir": shapes_dir,
+            "layout": "voc",
+            "class_names": list(shapes.SHAPES_CLASSES),
+            "ignore_index": IGNORE_LABEL,
+            "train_split": "train",
+            "val_split": "val",
+        },
+        len(shapes.SHAPES_CLASSES),
+    )
+
+    results = evaluate.main(["--model", model_path])
+
+    assert (results["dataset"], results["split"]) == ("shapes", "val")
+    assert results["data_dir"] == shapes_dir
+    assert list(results["per_class_iou"]) == list(shapes.SHAPES_CLASSES)
+    args = evaluate.make_parser().parse_args(
+        ["--model", "x", "--dataset", "shapes", "--data-dir", shapes_dir]
+    )
+    val_pixels = training.resolve_dataset(args)
+    expected = evaluate.confusion_plain(
+        inference.load_model(model_path), val_pixels, "val", batch_size=4
+    )
+    np.testing.assert_array_equal(results["confusion_matrix"], expected)
+    output = capsys.readouterr().out
+    assert f"settings from {tmp_path / 'results.json'}" in output
+    assert "batch 2/2" in output  # progress: 8 val images, 4 per batch
+
+
+def test_an_older_results_json_falls_back_to_the_flags(tiny_voc, tmp_path, capsys):
+    data_dir, examples = tiny_voc
+    model_path = write_run(tmp_path, None, NUM_CLASSES)
+
+    results = evaluate.main(["--model", model_path, "--data-dir", data_dir])
+
+    assert (results["dataset"], results["split"]) == ("voc", "val")
+    assert "no dataset entry in" in capsys.readouterr().out
+
+
+def test_a_model_for_other_classes_is_refused(shapes_dir, tmp_path):
+    model_path = write_run(tmp_path, None, len(shapes.SHAPES_CLASSES))
+    with pytest.raises(InputError, match="predicts 6 classes but the data has 21"):
+        evaluate.main(["--model", model_path, "--data-dir", shapes_dir])

@@ -39,9 +39,63 @@ def test_mask_png_decodes_to_the_argmax_of_the_logits(tmp_path):
     decoded = decode_mask(tf.io.read_file(mask_path), mask_path).numpy()
     expected = np.argmax(model.predict(rgb[None].astype(np.float32), verbose=0)[0], -1)
     np.testing.assert_array_equal(decoded, expected)
-    overlay = cv2.imread(str(tmp_path / "out" / "photo_overlay.jpg"))
-    assert overlay.shape == (37, 50 + predict.LEGEND_WIDTH, 3)  # image | legend
     assert cv2.imread(str(tmp_path / "out" / "grey_mask.png")).shape[:2] == (37, 50)
+
+
+def test_every_written_file_is_named(tmp_path, capsys):
+    saved_pointwise_model(str(tmp_path / "m.keras"))
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+
+    predict.main(
+        ["--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "out"),
+         str(tmp_path / "a.png")]
+    )  # fmt: skip
+
+    printed = capsys.readouterr().out
+    for name in ("a_mask.png", "a_overlay.jpg"):
+        assert str(tmp_path / "out" / name) in printed
+        assert os.path.isfile(tmp_path / "out" / name)
+
+
+def test_many_inputs_get_one_summary_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(predict, "MAX_LISTED", 2)
+    saved_pointwise_model(str(tmp_path / "m.keras"))
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.zeros((8, 8, 3), np.uint8))
+
+    predict.main(["--model", str(tmp_path / "m.keras"), "--out",
+                  str(tmp_path / "out"), str(tmp_path)])  # fmt: skip
+
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [f"Wrote 6 files for 3 inputs to {tmp_path / 'out'} "
+                     "(NAME_mask.png and NAME_overlay.jpg per image, "
+                     "NAME_overlay.mp4 per video)"]  # fmt: skip
+
+
+def test_overlay_keeps_the_image_s_size_with_the_legend_beside_it():
+    rgb = np.full((20, 30, 3), 90, np.uint8)  # shorter than a 3-class legend
+    labels = np.zeros((20, 30), np.uint8)
+    labels[5:15, 5:12], labels[5:15, 18:25] = 1, 2
+    names = ["background", "aeroplane", "a rather long class name"]
+
+    canvas = predict.overlay(rgb, labels, names, alpha=0.6)
+
+    # Three legend rows need more than 20 pixels: the canvas grows, not shrinks.
+    assert canvas.shape[0] > 20 and canvas.shape[1] > 30
+    image_part = canvas[:20, :30]
+    assert (canvas[20:, :30] == 0).all()  # below the image: padding only
+    # Background pixels away from any border stay the photo itself...
+    assert (image_part[0, 0] == 90).all()
+    # ...class regions are tinted and their borders drawn in white.
+    assert not (image_part[10, 8] == 90).all()
+    assert (image_part[5, 8] == 255).all()
+    legend = canvas[:, 30:]
+    inked = np.flatnonzero(legend.any(axis=(0, 2)))
+    # The long name is written out (~24 characters), and ends before the edge.
+    assert inked.size > 120 and inked[-1] < legend.shape[1] - 1
+    big_labels = np.kron(labels, np.ones((30, 30), np.uint8))  # (600, 900)
+    big = predict.overlay(np.zeros((600, 900, 3), np.uint8), big_labels, names, 0.6)
+    assert big.shape[0] == 600 and big.shape[1] > 900
 
 
 def test_unreadable_file_is_skipped_and_counted(tmp_path, capsys):
