@@ -94,7 +94,9 @@ class ServingModel(keras.Model):
         pad_width = (divisor - width % divisor) % divisor
         mean = tf.constant(IMAGE_MEAN, tf.float32)
         paddings = [[0, 0], [0, pad_height], [0, pad_width], [0, 0]]
-        padded = tf.pad(images - mean, paddings) + mean  # As augment.pad_image.
+        # As augment.pad_image; adding the (3,) mean also restates the channels,
+        # which LiteRT's converter needs before a Conv2D.
+        padded = tf.pad(images - mean, paddings) + mean
         logits = self.model(padded, training=False)[:, :height, :width]
         logits = tf.cast(logits, tf.float32)  # (b, h, w, classes)
         outputs = {"labels": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
@@ -175,9 +177,10 @@ def export_format(
 def first_line(error: Exception) -> str:
     """The converter's own one-line reason (its messages run to pages)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "TF Select ops:" in line or "not supported" in line:
-            return line
+    for marker in ("TF Select ops:", "not supported"):
+        for line in lines:
+            if marker in line:
+                return line
     return lines[0][:300] if lines else type(error).__name__
 
 

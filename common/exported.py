@@ -93,7 +93,11 @@ class ExportedModel:
     @property
     def output_shape(self) -> tuple:
         """Like a Keras model's: `(None, None, None, num_classes)`."""
-        return (None, None, None, self.metadata.get("num_classes"))
+        num_classes = self.metadata.get("num_classes")
+        if num_classes is None:  # No export.json: ask the model itself.
+            probe = self.run(np.zeros((1, 32, 32, 3), np.uint8))
+            num_classes = probe.get("probabilities", np.zeros((0,))).shape[-1] or None
+        return (None, None, None, num_classes)
 
     def __call__(self, images, training: bool = False) -> tf.Tensor:
         """Log-probabilities `(B, H, W, C)` for float images in [0, 255]."""

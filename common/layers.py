@@ -172,7 +172,12 @@ class PadToMultiple(layers.Layer):
         height, width = ops.shape(images)[1], ops.shape(images)[2]
         pad_height = (-height) % self.multiple
         pad_width = (-width) % self.multiple
-        return ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+        padded = ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+        # Run-time paddings hide the channels from the LiteRT converter's shape
+        # inference, and it cannot convert a Conv2D without them: restate them.
+        shape = ops.shape(padded)
+        channels = images.shape[-1] or shape[3]
+        return ops.reshape(padded, (-1, shape[1], shape[2], channels))
 
     def compute_output_shape(self, input_shape):
         def padded(size):
