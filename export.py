@@ -205,7 +205,8 @@ def file_size_mb(path: str) -> float:
 def check_dataset(model_path: str, data_dir: str | None) -> voc.DatasetSpec:
     """The images to check on: `--data-dir`, the run's data, VOC, else `shapes`."""
     if data_dir:
-        return voc.DatasetSpec(data_dir, "auto", ())
+        names = shapes.SHAPES_CLASSES if shapes.is_shapes_dir(data_dir) else ()
+        return voc.DatasetSpec(data_dir, "auto", names)
     results_path = os.path.join(os.path.dirname(model_path), "results.json")
     if os.path.isfile(results_path):
         with open(results_path) as f:

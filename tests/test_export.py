@@ -135,72 +135,68 @@ def unet_path(tmp_path_factory) -> str:
     return path
 
 
-def test_main_writes_checked_exports_and_export_json(unet_path, shapes_dir, tmp_path):
-    out = str(tmp_path / "export")
-    results = export.main(
-        [
-            "--model",
-            unet_path,
-            "--format",
-            "onnx",
-            "saved_model",
-            "--out",
-            out,
-            "--data-dir",
-            shapes_dir,
-            "--check-images",
-            "2",
-        ]
+def run_export(unet_path, shapes_dir, out, *flags) -> dict:
+    return export.main(
+        ["--model", unet_path, "--out", out, "--data-dir", shapes_dir]
+        + ["--check-images", "2", "--calibration-images", "2", *flags]
     )
-    rows = results["check"]["exports"]
-    assert [row["format"] for row in rows] == ["onnx", "saved_model"]
-    assert all(row["pixel_agreement"] >= export.MIN_AGREEMENT for row in rows)
-    assert all(row["mean_iou"] == results["check"]["keras_mean_iou"] for row in rows)
+
+
+@pytest.fixture(scope="module")
+def saved_model_export(unet_path, shapes_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    return out, run_export(unet_path, shapes_dir, out, "--format", "saved_model")
+
+
+def test_main_writes_a_checked_export_and_export_json(saved_model_export, unet_path):
+    out, results = saved_model_export
+    (row,) = results["check"]["exports"]
+    assert row["format"] == "saved_model" and row["file"].endswith("saved_model")
+    assert row["pixel_agreement"] >= export.MIN_AGREEMENT
+    assert row["mean_iou"] == pytest.approx(results["check"]["keras_mean_iou"])
     with open(os.path.join(out, "export.json")) as f:
         written = json.load(f)
     assert written["num_classes"] == NUM_CLASSES
+    assert written["class_names"][1] == "circle"  # shapes' classes, from the data
     assert len(written["palette"]) == NUM_CLASSES
     assert written["source_model"] == os.path.abspath(unet_path)
-    assert (
-        exported.load_exported(os.path.join(out, "model.onnx")).class_names
-        == (written["class_names"])
-    )
+    runner = exported.load_exported(os.path.join(out, "saved_model"))
+    assert runner.class_names == written["class_names"]
 
 
-@pytest.mark.parametrize("quantize", ["float16", "int8"])
-def test_quantized_tflite_is_smaller_and_close(
-    quantize, unet_path, shapes_dir, tmp_path
-):
-    out = str(tmp_path / quantize)
-    argv = ["--model", unet_path, "--format", "tflite", "--out", out]
-    argv += ["--data-dir", shapes_dir, "--check-images", "2"]
-    argv += ["--calibration-images", "2"]
-    plain = export.main(argv)["check"]["exports"][0]
-    row = export.main(argv + ["--quantize", quantize])["check"]["exports"][0]
-    assert row["file"].endswith(f"model_{quantize}.tflite")
-    # float16 halves the weights; int8 quarters them (the graph adds a little).
-    assert row["size_mb"] < (0.6 if quantize == "float16" else 0.4) * plain["size_mb"]
-    assert row["pixel_agreement"] > 0.8
+def test_quantized_tflite_is_smaller_and_close(unet_path, shapes_dir, tmp_path):
+    rows = {}
+    for quantize in export.QUANTIZATIONS:
+        results = run_export(
+            unet_path,
+            shapes_dir,
+            str(tmp_path),
+            "--format",
+            "tflite",
+            "--quantize",
+            quantize,
+        )
+        rows[quantize] = results["check"]["exports"][0]
+    assert rows["int8"]["file"].endswith("model_int8.tflite")
+    # float16 halves the weights, int8 quarters them (plus the graph itself).
+    sizes = [rows[quantize]["size_mb"] for quantize in ("int8", "float16", "none")]
+    assert sizes == sorted(sizes) and sizes[0] < 0.6 * sizes[2]
+    assert rows["none"]["pixel_agreement"] >= export.MIN_AGREEMENT
+    assert all(row["pixel_agreement"] > 0.8 for row in rows.values())
 
 
 def test_predict_runs_an_exported_model_like_the_keras_one(
-    unet_path, check_images, tmp_path
+    saved_model_export, unet_path, check_images, tmp_path
 ):
-    onnx_path = str(tmp_path / "model.onnx")
-    model = inference.load_model(unet_path)
-    export.export_format(export.serving_model(model), onnx_path, "onnx")
     image_path = str(tmp_path / "photo.png")
     Image.fromarray(check_images[0]).save(image_path)
-    for model_path, out in [(unet_path, "keras"), (onnx_path, "onnx")]:
-        assert (
-            predict.main(
-                [image_path, "--model", model_path, "--out", str(tmp_path / out)]
-            )
-            == 0
-        )
+    saved_model = os.path.join(saved_model_export[0], "saved_model")
+    for model_path, out in [(unet_path, "keras"), (saved_model, "exported")]:
+        argv = [image_path, "--model", model_path, "--out", str(tmp_path / out)]
+        assert predict.main(argv) == 0
     masks = [
         np.array(Image.open(tmp_path / out / "photo_mask.png"))
-        for out in ("keras", "onnx")
+        for out in ("keras", "exported")
     ]
     assert masks[0].shape == check_images[0].shape[:2]
     assert np.mean(masks[0] == masks[1]) >= export.MIN_AGREEMENT
