@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from common import crf, inference, plots, training
+from common import crf, exported, inference, plots, training
 from common.metrics import label_boundaries
 from common.voc import IMAGE_EXTENSIONS, VOC_CLASSES
 
@@ -43,7 +43,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser = training.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or videos")
     parser.add_argument(
-        "--model", required=True, help="a .keras file saved by training"
+        "--model",
+        required=True,
+        help="a .keras file saved by training, or what export.py wrote: a "
+        "SavedModel folder, .tflite or .onnx",
     )
     parser.add_argument(
         "--out", default="predictions", help="output folder (default: %(default)s)"
@@ -100,8 +103,10 @@ def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
 
 def segment(model, rgb: np.ndarray, scales, flip: bool, crf_settings=None):
     """Class index per pixel, uint8 `(H, W)`, for one RGB uint8 image."""
+    # An exported model pads inside its graph (size_divisor 1); Keras ones to 32.
+    size_divisor = getattr(model, "size_divisor", 32)
     probabilities = inference.predict_multiscale(
-        model, rgb.astype(np.float32), scales, flip
+        model, rgb.astype(np.float32), scales, flip, size_divisor
     )
     if crf_settings is not None:
         probabilities = crf.dense_crf(rgb, probabilities.numpy(), **crf_settings)
@@ -237,8 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.crf:
         crf.require_pydensecrf()
-    model = inference.load_model(args.model)
-    names = class_names_for(args.model, model.output_shape[-1], args.class_names)
+    if args.model.endswith(".keras"):
+        model = inference.load_model(args.model)
+    else:  # A SavedModel folder, .tflite or .onnx written by export.py.
+        model = exported.load_exported(args.model)
+    given_names = args.class_names or getattr(model, "class_names", None)
+    names = class_names_for(args.model, model.output_shape[-1], given_names)
     os.makedirs(args.out, exist_ok=True)
     paths = list(expand_inputs(args.inputs))
     failures, written = 0, 0

@@ -195,7 +195,12 @@ class PadToMultiple(layers.Layer):
         height, width = ops.shape(images)[1], ops.shape(images)[2]
         pad_height = (-height) % self.multiple
         pad_width = (-width) % self.multiple
-        return ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+        padded = ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+        # Run-time paddings hide the channels from the LiteRT converter's shape
+        # inference, and it cannot convert a Conv2D without them: restate them.
+        shape = ops.shape(padded)
+        channels = images.shape[-1] or shape[3]
+        return ops.reshape(padded, (-1, shape[1], shape[2], channels))
 
     def compute_output_shape(self, input_shape):
         def padded(size):
@@ -273,21 +278,54 @@ class MaxPoolingWithArgmax2D(layers.Layer):
 
         x = [[1, 5, 2],        pooled  = [[5, 9]]
              [4, 3, 9]]        indices = [[1, 5]]   (5 is at x[0, 1], 9 at x[1, 2])
+
+    The result is exactly `tf.nn.max_pool_with_argmax(..., padding="SAME",
+    include_batch_in_index=True)`, ties included (the first maximum in
+    row-major order wins), but built from ops that every exporter knows:
+    LiteRT has no `MaxPoolWithArgmax` kernel. Windows must not overlap
+    (`strides == pool_size`), or unpooling would add values up.
     """
 
     def __init__(self, pool_size: int = 2, strides: int = 2, **kwargs):
         super().__init__(**kwargs)
+        if strides != pool_size:
+            raise ValueError(
+                f"strides ({strides}) must equal pool_size ({pool_size}): "
+                "unpooling needs windows that do not overlap."
+            )
         self.pool_size = pool_size
         self.strides = strides
 
     def call(self, inputs):
-        pooled, indices = tf.nn.max_pool_with_argmax(
+        size = self.pool_size
+        pooled = tf.nn.max_pool2d(inputs, size, size, padding="SAME")
+        # "SAME" pads (size - h % size) % size rows, the smaller half on top;
+        # pad with the lowest value so that padding never wins a window.
+        shape = tf.shape(inputs)
+        pad_h, pad_w = (size - shape[1] % size) % size, (size - shape[2] % size) % size
+        top, left = pad_h // 2, pad_w // 2
+        padded = tf.pad(
             inputs,
-            ksize=self.pool_size,
-            strides=self.strides,
-            padding="SAME",
-            include_batch_in_index=True,
+            [[0, 0], [top, pad_h - top], [left, pad_w - left], [0, 0]],
+            constant_values=inputs.dtype.min,
         )
+        # The size*size members of every window, side by side, row-major.
+        offsets = [(dy, dx) for dy in range(size) for dx in range(size)]
+        members = tf.stack([padded[:, dy::size, dx::size] for dy, dx in offsets], -1)
+        winner = tf.argmax(members, axis=-1)  # (b, h/size, w/size, c), first max
+        dy = tf.gather(tf.constant([dy for dy, _ in offsets], tf.int64), winner)
+        dx = tf.gather(tf.constant([dx for _, dx in offsets], tf.int64), winner)
+        # Flat index ((b * h + y) * w + x) * c + channel, in int64 throughout.
+        batch, height, width, channels = (
+            tf.shape(inputs, out_type=tf.int64)[i] for i in range(4)
+        )
+        pooled_shape = tf.shape(winner, out_type=tf.int64)
+        top, left = tf.cast(top, tf.int64), tf.cast(left, tf.int64)
+        images = tf.reshape(tf.range(batch), (-1, 1, 1, 1))
+        rows = tf.reshape(tf.range(pooled_shape[1]) * size - top, (1, -1, 1, 1)) + dy
+        cols = tf.reshape(tf.range(pooled_shape[2]) * size - left, (1, 1, -1, 1)) + dx
+        channel = tf.reshape(tf.range(channels), (1, 1, 1, -1))
+        indices = ((images * height + rows) * width + cols) * channels + channel
         return pooled, indices
 
     def compute_output_spec(self, inputs):
