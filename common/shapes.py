@@ -4,13 +4,14 @@ It exists so that every script, notebook and test runs on a fresh machine with
 nothing downloaded, through exactly the same reading code as VOC: JPEG images,
 palette PNG masks, `ImageSets/Segmentation/{train,val,trainval}.txt`.
 
-It is a real segmentation task, not a colour lookup. Five object classes are
-told apart by their **shape** (circle, square, triangle, star, cross) and,
-less reliably, their texture: each class prefers one of four textures (flat,
-stripes, checks, blotches) 60% of the time, and colours are random. Objects
-overlap, run off the image border, sit on low-contrast textured backgrounds,
-and are outlined by a void (255) band as VOC objects are. Image sizes vary
-from 96 to 160 pixels a side.
+It is a real segmentation task, not a colour lookup. Each 64x64 image shows
+a few objects on a dim, nearly grey, blotchy background. Every object has a
+random saturated colour, so a pixel's colour tells object from
+background but never which object it is: the five classes (circle, square,
+triangle, star, cross) are told apart by **shape** alone, which a per-pixel
+model cannot see (`tests/test_shapes_dataset.py` trains one to show it).
+Objects do not overlap, sit mostly inside the image with random size and
+rotation, and are outlined by a void (255) band as VOC objects are.
 
     python -m common.shapes data/shapes   # generate (a few seconds)
 """
@@ -29,7 +30,8 @@ from common.voc import IGNORE_LABEL, voc_colormap
 
 SHAPES_CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "shapes")
-_VERSION = 3  # Bump when the generator changes, so old folders are rebuilt.
+IMAGE_SIZE = 64  # Pixels a side: small enough to train in minutes on a CPU.
+_VERSION = 4  # Bump when the generator changes, so old folders are rebuilt.
 
 
 def _polygon(kind: str, center: np.ndarray, radius: float, angle: float) -> np.ndarray:
@@ -69,10 +71,10 @@ def _polygon(kind: str, center: np.ndarray, radius: float, angle: float) -> np.n
 def _shape_mask(
     kind: str, height: int, width: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """A boolean mask of one object, placed anywhere, possibly cut by the border."""
+    """A boolean mask of one object, mostly inside the image, sometimes cut by it."""
     mask = np.zeros((height, width), np.uint8)
-    radius = rng.uniform(0.12, 0.3) * min(height, width)
-    center = rng.uniform([-0.1 * width, -0.1 * height], [1.1 * width, 1.1 * height])
+    radius = rng.uniform(0.15, 0.28) * min(height, width)
+    center = rng.uniform([0.2 * width, 0.2 * height], [0.8 * width, 0.8 * height])
     if kind == "circle":
         cv2.circle(mask, tuple(int(c) for c in center), int(radius), 1, thickness=-1)
     else:
@@ -81,47 +83,46 @@ def _shape_mask(
     return mask.astype(bool)
 
 
-def _texture(
-    height: int, width: int, rng: np.random.Generator, kind: int, contrast: float
-) -> np.ndarray:
-    """A two-colour texture, float32 `(H, W, 3)` in [0, 255].
+def _background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A dim, nearly grey, blotchy background, float32 `(H, W, 3)` in [0, 255].
 
-    kind: 0 flat, 1 stripes, 2 checks, 3 blotches; `contrast` (0-1) scales the
-    difference between the two colours.
+    Objects are saturated and the background is not, so a pixel's colour says
+    "object or not" but never which object: that takes its shape.
     """
-    base = rng.uniform(0, 255, 3).astype(np.float32)
-    other = rng.uniform(0, 255, 3).astype(np.float32)
-    colors = np.stack([base, base + contrast * (other - base)])
-    y, x = np.mgrid[:height, :width].astype(np.float32)
-    period = rng.uniform(4, 14)
-    if kind == 0:  # flat
-        mix = np.zeros((height, width), np.float32)
-    elif kind == 1:  # stripes at a random angle
-        angle = rng.uniform(0, np.pi)
-        mix = np.sin((x * np.cos(angle) + y * np.sin(angle)) * 2 * np.pi / period) > 0
-    elif kind == 2:  # checks
-        mix = ((x // period + y // period) % 2).astype(np.float32)
-    else:  # blotchy noise
-        noise = rng.uniform(0, 1, (height // 8 + 2, width // 8 + 2)).astype(np.float32)
-        mix = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
-    mix = np.asarray(mix, np.float32)[..., None]
-    return colors[0] * (1 - mix) + colors[1] * mix
+    grey = rng.uniform(40, 170) + rng.uniform(-12, 12, 3)
+    noise = rng.uniform(-1, 1, (height // 8 + 2, width // 8 + 2)).astype(np.float32)
+    blotches = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+    return (grey + rng.uniform(10, 30) * blotches[..., None]).astype(np.float32)
+
+
+def _object_color(rng: np.random.Generator) -> np.ndarray:
+    """A random saturated colour (any hue), float32 RGB in [0, 255]."""
+    hsv = np.array(
+        [[[rng.uniform(0, 180), rng.uniform(150, 255), rng.uniform(140, 255)]]],
+        np.uint8,
+    )
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def _overlaps(label: np.ndarray, shape: np.ndarray) -> bool:
+    """True if `shape` touches an object already drawn (or its void outline)."""
+    grown = cv2.dilate(shape.astype(np.uint8), np.ones((5, 5), np.uint8))
+    return bool(np.any(label[grown.astype(bool)] > 0))
 
 
 def make_example(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One image (uint8 `(H, W, 3)`) and its mask (uint8 `(H, W)`, 255 = void)."""
-    height, width = (int(v) for v in rng.integers(96, 161, size=2))
-    # A low-contrast background, so that objects stand out by their edges.
-    image = _texture(height, width, rng, int(rng.integers(4)), contrast=0.3)
+    height = width = IMAGE_SIZE
+    image = _background(height, width, rng)
     label = np.zeros((height, width), np.uint8)
-    for _ in range(rng.integers(2, 6)):
+    for _ in range(rng.integers(3, 7)):  # Attempts; overlapping ones are skipped.
         class_index = int(rng.integers(1, len(SHAPES_CLASSES)))
         shape = _shape_mask(SHAPES_CLASSES[class_index], height, width, rng)
-        # Each class prefers one texture (60%), any colour: a cue, not the answer.
-        kind = (class_index - 1) % 4 if rng.uniform() < 0.6 else int(rng.integers(4))
-        image[shape] = _texture(height, width, rng, kind, contrast=1.0)[shape]
+        if _overlaps(label, shape):
+            continue
+        image[shape] = _object_color(rng)
         label[shape] = class_index
-    # VOC outlines objects with a void band; later objects occlude earlier ones.
+    # VOC outlines objects with a void band.
     kernel = np.ones((3, 3), np.uint8)
     border = np.zeros_like(label, bool)
     for class_index in np.unique(label[label > 0]):
@@ -149,7 +150,10 @@ def is_shapes_dir(data_dir: str) -> bool:
 
 
 def generate_shapes(
-    data_dir: str = DEFAULT_DIR, num_train: int = 240, num_val: int = 60, seed: int = 0
+    data_dir: str = DEFAULT_DIR,
+    num_train: int = 1000,
+    num_val: int = 100,
+    seed: int = 0,
 ) -> str:
     """Write the dataset to `data_dir` (VOC layout) unless it is already there.
 

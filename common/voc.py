@@ -23,7 +23,6 @@ checks a whole dataset and prints the class pixel frequencies.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -716,54 +715,38 @@ def verify(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m common.voc", description="Check a segmentation dataset."
+    """`python -m common.voc verify`, with the training scripts' data flags."""
+    from common import training  # Its shared flags; it imports this module.
+
+    parser = training.ArgumentParser(
+        prog="python -m common.voc",
+        description="Check every file of a split (readable, sizes matching, labels "
+        "in range) and print its class frequencies.",
     )
     parser.add_argument("command", choices=["verify"], help="what to do")
-    parser.add_argument("data_dir", help="dataset folder (e.g. data/VOCdevkit/VOC2012)")
     parser.add_argument(
-        "--split", default="train", help="split to check (default: train)"
+        "folder",
+        nargs="?",
+        help="dataset folder, same as --data-dir (default: the --dataset's)",
     )
     parser.add_argument(
-        "--num-classes", type=int, default=len(VOC_CLASSES), help="default: 21 (VOC)"
+        "--split", default="train", help="split to check (default: %(default)s)"
     )
-    parser.add_argument(
-        "--ignore-index",
-        type=int,
-        default=IGNORE_LABEL,
-        help="void value (default 255)",
-    )
-    parser.add_argument(
-        "--mask-values",
-        choices=MASK_VALUES,
-        help="binary: black-and-white masks, 0 -> class 0, 255 -> class 1 (with "
-        "--num-classes 2); index: grey value = class (default: index, refusing "
-        "masks of only 0 and 255)",
-    )
-    parser.add_argument(
-        "--class-names", nargs="+", metavar="NAME", help="names in class-index order"
-    )
+    training.add_dataset_args(parser)
     args = parser.parse_args(argv)
-    names = args.class_names or (
-        VOC_CLASSES
-        if args.num_classes == len(VOC_CLASSES)
-        else [f"class_{i}" for i in range(args.num_classes)]
-    )
-    if len(names) != args.num_classes:
-        parser.error(
-            f"--class-names lists {len(names)} names but --num-classes is "
-            f"{args.num_classes}."
-        )
+    args.data_dir = args.folder or args.data_dir
     try:
+        dataset = training.resolve_dataset(args)
         verify(
-            args.data_dir,
+            dataset.data_dir,
             args.split,
-            args.num_classes,
-            names,
-            ignore_index=args.ignore_index,
-            mask_values=args.mask_values,
+            dataset.num_classes,
+            dataset.class_names,
+            dataset.layout,
+            dataset.ignore_index,
+            dataset.mask_values,
         )
-    except DatasetError as error:
+    except InputError as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -142,7 +142,8 @@ def test_class_counts_and_verify_read_binary_masks(tmp_path, capsys):
     counts, _ = class_pixel_counts(list_pairs(data_dir, "train"), 2, 255, "binary")
     assert counts.tolist() == [36, 36]
 
-    argv = [data_dir, "--num-classes", "2", "--class-names", "membrane", "cell"]
+    argv = [data_dir, "--dataset", "folder", "--num-classes", "2"]
+    argv += ["--class-names", "membrane", "cell"]
     with pytest.raises(SystemExit, match="holds only 0 and 255"):
         voc.main(["verify", *argv])
     voc.main(["verify", *argv, "--mask-values", "binary"])
