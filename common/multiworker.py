@@ -96,6 +96,7 @@ def fit_and_evaluate(
         epochs=args.epochs,
         steps=steps_per_epoch,
     )
+    model.stop_training = False  # TerminateOnNaN sets it, on every worker alike.
     callbacks.on_train_begin()
     try:
         for epoch in range(start_epoch, args.epochs):
@@ -103,11 +104,11 @@ def fit_and_evaluate(
             logs = train_epoch(train_step, train_batches, steps_per_epoch, callbacks)
             val_loss, val_matrix = validate(val_step, val_batches, args.val_steps)
             logs.update(val_loss=val_loss, val_mean_iou=float(mean_iou(val_matrix)))
-            state.end_epoch(epoch, val_loss, val_matrix)
+            state.end_epoch(epoch, logs["val_mean_iou"], val_loss, val_matrix)
             save_checkpoint(manager, chief)  # Before the outputs, as fit does.
             report_metric.matrix.assign(val_matrix)
             callbacks.on_epoch_end(epoch, logs)
-            if model.stop_training:  # TerminateOnNaN: the same loss on every worker.
+            if model.stop_training:
                 break
     except tf.errors.InvalidArgumentError as error:
         training._raise_data_error(error, args)
@@ -204,11 +205,13 @@ def make_step_functions(model: keras.Model, num_classes: int):
             for value in per_replica
         ]
 
-    @tf.function
+    # No autograph: the steps have no Python control flow on tensors, and
+    # converting the model's code would slow the first step (as Keras' own).
+    @tf.function(autograph=False)
     def train_step(iterator):
         return sum_over_workers(strategy.run(train_one_replica, args=(next(iterator),)))
 
-    @tf.function
+    @tf.function(autograph=False)
     def val_step(batch):
         return sum_over_workers(strategy.run(validate_one_replica, args=(batch,)))
 
@@ -265,14 +268,16 @@ class TrainingState:
             "best_matrix": self.best_matrix,
         }
 
-    def end_epoch(self, epoch: int, val_loss: float, val_matrix: np.ndarray) -> None:
+    def end_epoch(
+        self, epoch: int, val_mean_iou: float, val_loss: float, val_matrix: np.ndarray
+    ) -> None:
         """Count the epoch; keep its validation if its mean IoU is the best yet.
 
         The same rule as the chief's `ModelCheckpoint(save_best_only=True)`.
         """
         self.epoch.assign(epoch + 1)
-        if float(mean_iou(val_matrix)) > self.best_mean_iou.numpy():
-            self.best_mean_iou.assign(float(mean_iou(val_matrix)))
+        if val_mean_iou > self.best_mean_iou.numpy():
+            self.best_mean_iou.assign(val_mean_iou)
             self.best_val_loss.assign(val_loss)
             self.best_matrix.assign(val_matrix)
 
@@ -293,7 +298,7 @@ def broadcast_from_chief(
             for variable in variables
         ]
 
-    summed = tf.function(lambda: strategy.run(chief_values))()
+    summed = tf.function(lambda: strategy.run(chief_values), autograph=False)()
     for variable, value in zip(variables, summed):
         variable.assign(strategy.experimental_local_results(value)[0])
 
