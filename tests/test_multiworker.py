@@ -18,11 +18,14 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import unet_train
-from common import distribute
+from common import distribute, multiworker
 from common.layers import synchronize_batch_norm
+from common.losses import segmentation_loss
 from common.voc import InputError
+from unet_train import build_unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_TIMEOUT_S = 180  # Each worker needs ~30 s of CPU; the machine is shared.
@@ -186,7 +189,6 @@ def test_two_workers_match_one_device_and_resume(tiny_unet_argv, tmp_path, monke
         synchronize_batch_norm(model)
         return model
 
-    build_unet = unet_train.build_unet
     monkeypatch.setattr(unet_train, "build_unet", build_synchronized_unet)
     reference = unet_train.main(
         [
@@ -221,6 +223,36 @@ def test_two_workers_match_one_device_and_resume(tiny_unet_argv, tmp_path, monke
         os.listdir(chief_dir)
     )
     assert not (chief_dir / "backup").exists()
+
+
+def test_loop_step_matches_fit_with_pixel_weights():
+    """One step of the loop's train_step equals one step of `fit` on a batch of
+    (images, masks, pixel weights): the same weighted loss over non-void pixels."""
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    masks = rng.integers(0, 3, (4, 32, 32)).astype("int32")
+    masks[:, :5] = 255
+    weights = np.where(masks == 255, 0, rng.uniform(0.5, 3, masks.shape))
+    data = tf.data.Dataset.from_tensors((images, masks, weights.astype("float32")))
+
+    def compiled_unet():
+        keras.utils.set_random_seed(3)
+        model = build_unet(3, filters=(4, 8))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=segmentation_loss())
+        return model
+
+    loop_model, fit_model = compiled_unet(), compiled_unet()
+    train_step, _ = multiworker.make_step_functions(loop_model, 3)
+    loss, counts = train_step(iter(data))
+    fit_loss = fit_model.fit(data, epochs=1, verbose=0).history["loss"][0]
+
+    np.testing.assert_allclose(float(loss), fit_loss, rtol=1e-6)
+    assert counts.numpy().sum() == np.sum(masks != 255)
+    for loop_weight, fit_weight in zip(loop_model.weights, fit_model.weights):
+        np.testing.assert_allclose(loop_weight.numpy(), fit_weight.numpy(), atol=1e-6)
+    # The pixel weights matter: without them, the first loss would differ.
+    unweighted = segmentation_loss()(masks, compiled_unet()(images, training=True))
+    assert not np.isclose(float(unweighted), fit_loss, rtol=1e-3)
 
 
 @pytest.mark.parametrize(
