@@ -5,14 +5,17 @@ and Keras' `fit` does the rest: it splits each global batch over the replicas,
 all-reduces the gradients, and sums the metric variables (our confusion
 matrix) across replicas, so validation mean IoU is the same as on one device.
 
-Several machines (`MultiWorkerMirroredStrategy`) are not offered yet: with
+Several machines (`--strategy multiworker`) use `MultiWorkerMirroredStrategy`,
+configured by the `TF_CONFIG` environment variable that every worker gets. With
 TensorFlow 2.21 and Keras 3.15, `model.fit` fails under that strategy before
-the first step (keras-team/keras#20585, tensorflow/tensorflow#72388; checked
-here with two local workers). `--strategy multiworker` says so instead of
-crashing inside Keras.
+the first step (keras-team/keras#20585, tensorflow/tensorflow#72388), so those
+runs train with the custom loop of `common/multiworker.py` instead.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import keras
 import tensorflow as tf
@@ -33,17 +36,59 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
-        raise InputError(
-            "--strategy multiworker: Keras 3's model.fit does not run under "
-            "MultiWorkerMirroredStrategy yet (keras-team/keras#20585). Use one "
-            "machine with --strategy mirrored."
-        )
+        check_tf_config(os.environ.get("TF_CONFIG"))
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise InputError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+def check_tf_config(tf_config: str | None) -> None:
+    """Refuse a `TF_CONFIG` that TensorFlow would fail on deep inside its setup.
+
+    Unset means one worker on this machine. Otherwise it is JSON such as
+    `{"cluster": {"worker": ["host1:port", "host2:port"]},
+    "task": {"type": "worker", "index": 0}}`, identical on every worker but for
+    `index`.
+    """
+    if tf_config is None:
+        return
+    try:
+        config = json.loads(tf_config)
+        addresses = config["cluster"][config["task"]["type"]]
+        index = config["task"]["index"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(
+            f"TF_CONFIG={tf_config!r} is not valid ({error!r}): it needs "
+            '"cluster" and "task" with "type" and "index"; see the README, '
+            '"Several machines".'
+        ) from None
+    if not isinstance(index, int) or not 0 <= index < len(addresses):
+        raise InputError(
+            f"TF_CONFIG: task index {index!r} is not one of the "
+            f"{len(addresses)} addresses listed for {config['task']['type']!r}."
+        )
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for `--strategy multiworker`, which trains with `common.multiworker`."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes the outputs (TensorFlow's convention).
+
+    That is the task of type "chief" if the cluster has one, else worker 0;
+    without TF_CONFIG, or with another strategy, the only process.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def set_precision(mixed: bool) -> str:

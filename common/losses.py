@@ -8,16 +8,18 @@ import numpy as np
 from common.voc import IGNORE_LABEL
 
 
-def segmentation_loss() -> keras.losses.Loss:
+def segmentation_loss(reduction: str = "sum_over_batch_size") -> keras.losses.Loss:
     """Cross-entropy on logits, averaged over the non-void pixels of the batch.
 
     `ignore_class=255` masks void pixels out of both the sum and the count, so
     object borders neither pull the loss towards background nor dilute it. Per
     pixel class weights, when used, arrive as the dataset's third element
-    (Keras' `sample_weight`).
+    (Keras' `sample_weight`). `reduction="sum"` gives the sum over non-void
+    pixels instead, for a loop that divides by a count of its own (the
+    multi-worker loop divides by the whole global batch's non-void pixels).
     """
     return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, ignore_class=IGNORE_LABEL
+        from_logits=True, ignore_class=IGNORE_LABEL, reduction=reduction
     )
 
 

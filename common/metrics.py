@@ -53,17 +53,8 @@ class ConfusionMatrix(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """y_true: `(B, H, W)` labels; y_pred: `(B, H, W, C)` logits. Weights unused."""
-        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-        predictions = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
-        scored = tf.not_equal(labels, self.ignore_label)
-        # Cell (true, predicted) of the flattened matrix; void pixels count 0.
-        # A segment sum keeps shapes static, so this also compiles under XLA.
-        cells = tf.where(scored, labels, 0) * self.num_classes + predictions
-        counts = tf.math.unsorted_segment_sum(
-            tf.cast(scored, tf.float32), cells, self.num_classes**2
-        )  # Exact: a batch has far fewer than 2**24 pixels per cell.
         self.matrix.assign_add(
-            tf.reshape(tf.cast(counts, tf.int64), (self.num_classes, self.num_classes))
+            confusion_counts(y_true, y_pred, self.num_classes, self.ignore_label)
         )
 
     def result(self):
@@ -76,6 +67,25 @@ class ConfusionMatrix(keras.metrics.Metric):
         config = super().get_config()
         config.update(num_classes=self.num_classes, ignore_label=self.ignore_label)
         return config
+
+
+def confusion_counts(
+    y_true, y_pred, num_classes: int, ignore_label: int = IGNORE_LABEL
+) -> tf.Tensor:
+    """One batch's confusion matrix, int64 `(num_classes, num_classes)`.
+
+    y_true: `(B, H, W)` labels; y_pred: `(B, H, W, C)` logits. Void is not counted.
+    """
+    labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+    predictions = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
+    scored = tf.not_equal(labels, ignore_label)
+    # Cell (true, predicted) of the flattened matrix; void pixels count 0.
+    # A segment sum keeps shapes static, so this also compiles under XLA.
+    cells = tf.where(scored, labels, 0) * num_classes + predictions
+    counts = tf.math.unsorted_segment_sum(
+        tf.cast(scored, tf.float32), cells, num_classes**2
+    )  # Exact: a batch has far fewer than 2**24 pixels per cell.
+    return tf.reshape(tf.cast(counts, tf.int64), (num_classes, num_classes))
 
 
 def per_class_iou(matrix) -> tf.Tensor:

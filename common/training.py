@@ -270,8 +270,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         choices=distribute.STRATEGIES,
         default="auto",
         help="tf.distribute strategy; auto = mirrored when several GPUs are visible, "
-        "else default (one device). multiworker is refused for now: Keras 3's fit "
-        "does not run under it (keras-team/keras#20585) (default: %(default)s)",
+        "else default (one device); multiworker = several machines, configured by "
+        "TF_CONFIG, trained by a custom loop with --sync-bn forced on (README: "
+        "Several machines) (default: %(default)s)",
     )
     scale.add_argument(
         "--sync-bn",
@@ -552,6 +553,8 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
     model are built (so a run that fails its checks leaves no folder behind).
     """
     strategy = distribute.make_strategy(args.strategy)
+    if distribute.is_multi_worker(strategy):
+        args.sync_bn = True  # Else BN's moving statistics drift apart per worker.
     keras.utils.set_random_seed(args.seed)
     policy = distribute.set_precision(args.mixed_precision)
     replicas = strategy.num_replicas_in_sync
@@ -670,6 +673,12 @@ def fit_and_evaluate(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
         f"of {args.global_batch_size} images per epoch"
     )
+    if distribute.is_multi_worker(model.distribute_strategy):
+        from common import multiworker  # Here: multiworker imports this module.
+
+        return multiworker.fit_and_evaluate(
+            model, args, dataset, train_ds, val_ds, steps_per_epoch
+        )
     _open_output_dir(args)
     timer = StepTimer()
     verbose = console.progress_verbosity()

@@ -1,4 +1,4 @@
-"""tf.distribute: two CPU replicas match one device; two workers train; precision."""
+"""tf.distribute: two CPU replicas match one device; precision; XLA."""
 
 import json
 import os
@@ -8,10 +8,8 @@ import textwrap
 
 import keras
 import numpy as np
-import pytest
 
 from common import distribute
-from common.voc import InputError
 from unet_train import build_unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,11 +94,6 @@ def test_two_cpu_replicas_train_like_one_device():
     # when it uses the statistics of all 4, as the single device does.
     np.testing.assert_allclose(result["sync_bn_mirrored"], result["bn"], rtol=1e-4)
     assert not np.allclose(result["bn_mirrored"], result["bn"], rtol=1e-3)
-
-
-def test_multiworker_is_refused_clearly():
-    with pytest.raises(InputError, match="keras-team/keras#20585"):
-        distribute.make_strategy("multiworker")
 
 
 def test_mixed_precision_keeps_logits_float32():

@@ -1,0 +1,339 @@
+"""Several machines: a custom training loop on `MultiWorkerMirroredStrategy`.
+
+Keras 3's `model.fit` fails under that strategy (keras-team/keras#20585), so
+`training.fit_and_evaluate` hands `--strategy multiworker` runs to
+`fit_and_evaluate` below; every other strategy trains with `fit`. The loop
+keeps fit's recipe and outputs:
+
+- Every worker runs every step on its slice of the global batch
+  (`strategy.run`). The loss is the cross-entropy averaged over the non-void
+  pixels of the *whole global batch* (optional class weights included), so
+  each worker divides its sum by the count summed over workers; Keras'
+  `apply_gradients` then sums the gradients over workers, and every worker
+  applies the same update: one big batch, as on one device.
+- Same compiled model, optimizer and poly schedule; batch norm synchronized
+  (`training.set_up` forces `--sync-bn`), else each worker's moving
+  statistics drift apart.
+- The validation confusion matrix is summed over workers, so all agree on the
+  mean IoU; the chief alone writes the outputs (`best.keras`, `history.csv`,
+  TensorBoard, `results.json`, plots) with fit's own callbacks.
+- Resume: after each epoch every worker saves a checkpoint (saving involves
+  all workers, so one that skipped it would stall the others): the chief in
+  `OUTPUT_DIR/backup`, the others in a temporary folder they delete at once.
+  Rerunning the same commands restores the chief's checkpoint and sends its
+  values to the other workers, so only the chief's `--output-dir` matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import console, distribute, training, voc
+from common.losses import segmentation_loss
+from common.metrics import ConfusionMatrix, confusion_counts, iou_table, mean_iou
+
+
+def fit_and_evaluate(
+    model: keras.Model,
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    steps_per_epoch: int,
+) -> dict:
+    """Train a model built and compiled under the strategy; the chief writes outputs.
+
+    Returns the same results dict as `training.fit_and_evaluate`, on every worker.
+    """
+    if args.jit_compile == "on":
+        raise voc.InputError(
+            "--jit-compile on: the multi-worker loop does not use XLA; drop the flag."
+        )
+    strategy = model.distribute_strategy
+    chief = distribute.is_chief(strategy)
+    print(worker_description(strategy, chief, args.output_dir))
+    train_step, val_step = make_step_functions(model, dataset.num_classes)
+    train_batches = iter(distribute_dataset(strategy, train_ds))
+    val_batches = distribute_dataset(strategy, val_ds)
+
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)  # Its slots, for restore.
+    state = TrainingState(dataset.num_classes)
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer, **state.variables()
+    )
+    backup_dir = os.path.join(args.output_dir, "backup")
+    manager = tf.train.CheckpointManager(
+        checkpoint, backup_dir if chief else tempfile.mkdtemp(), max_to_keep=1
+    )
+    if chief and manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+    broadcast_from_chief(
+        strategy,
+        [*model.variables, *model.optimizer.variables, *state.variables().values()],
+        chief,
+    )
+    start_epoch = int(state.epoch.numpy())
+    if start_epoch:
+        print(f"Resuming after epoch {start_epoch} (the chief's {backup_dir})")
+
+    history = keras.callbacks.History()
+    timer = training.StepTimer()
+    report_metric = ConfusionMatrix(dataset.num_classes)  # For IoUReport, on chief.
+    callbacks = keras.callbacks.CallbackList(
+        [history, timer, *worker_callbacks(args, dataset, chief, report_metric)],
+        add_progbar=chief,
+        model=model,
+        verbose=console.progress_verbosity(),
+        epochs=args.epochs,
+        steps=steps_per_epoch,
+    )
+    model.stop_training = False  # TerminateOnNaN sets it, on every worker alike.
+    callbacks.on_train_begin()
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            callbacks.on_epoch_begin(epoch)
+            logs = train_epoch(train_step, train_batches, steps_per_epoch, callbacks)
+            val_loss, val_matrix = validate(val_step, val_batches, args.val_steps)
+            logs.update(val_loss=val_loss, val_mean_iou=float(mean_iou(val_matrix)))
+            state.end_epoch(epoch, logs["val_mean_iou"], val_loss, val_matrix)
+            save_checkpoint(manager, chief)  # Before the outputs, as fit does.
+            report_metric.matrix.assign(val_matrix)
+            callbacks.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    except tf.errors.InvalidArgumentError as error:
+        training._raise_data_error(error, args)
+    callbacks.on_train_end()
+
+    matrix = state.best_matrix.numpy()
+    results = training._results(
+        matrix, dataset, args, {"loss": state.best_val_loss.numpy()}, history
+    )
+    results["optimizer_steps"] = int(model.optimizer.iterations.numpy())
+    results["train_ms_per_step"] = timer.median_ms()
+    if chief:
+        table = iou_table(matrix, dataset.class_names)
+        print(f"\nBest model on {args.val_split}:\n{table}")
+        best = one_device_model(model, os.path.join(args.output_dir, "best.keras"))
+        training._write_outputs(best, args, dataset, val_ds, results)
+        shutil.rmtree(backup_dir, ignore_errors=True)  # Finished: nothing to resume.
+    else:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+    return results
+
+
+def worker_description(
+    strategy: tf.distribute.Strategy, chief: bool, output_dir: str
+) -> str:
+    """One line: which worker this is and who writes the outputs."""
+    resolver = strategy.cluster_resolver
+    workers = sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values())
+    task = f"{resolver.task_type or 'worker'} {resolver.task_id or 0}"
+    role = f"the chief: outputs go to {output_dir}" if chief else "writes no outputs"
+    return f"This is {task} of {max(workers, 1)} worker(s), {role}."
+
+
+def distribute_dataset(
+    strategy: tf.distribute.Strategy, dataset: tf.data.Dataset
+) -> tf.distribute.DistributedDataset:
+    """Split each global batch of `dataset` into one slice per worker.
+
+    Auto-shard policy DATA: every worker runs the whole pipeline (same files,
+    same seeds) and keeps its own slice of each batch, so together the workers
+    see exactly the batches of a one-device run. (FILE sharding would need the
+    data split into several files, such as TFRecords.)
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def make_step_functions(model: keras.Model, num_classes: int):
+    """Return `train_step(iterator)` and `val_step(batch)`, summed over workers.
+
+    train_step -> (loss of the global batch, its training confusion matrix);
+    val_step -> (loss of the global batch, its image count, confusion matrix).
+    Batches are `(images, masks)` or `(images, masks, pixel_weights)`.
+    """
+    strategy = model.distribute_strategy
+    loss_sum = segmentation_loss(reduction="sum")  # Sum over non-void pixels.
+
+    def share_of_mean_loss(masks, logits, weights):
+        """This worker's part of the mean over the global batch's non-void pixels.
+
+        Summed over workers, the parts give exactly Keras' loss on the whole
+        global batch on one device: sum(weight * cross-entropy) / non-void pixels.
+        """
+        pixels = tf.reduce_sum(tf.cast(masks != voc.IGNORE_LABEL, tf.float32))
+        context = tf.distribute.get_replica_context()
+        all_pixels = context.all_reduce(tf.distribute.ReduceOp.SUM, pixels)
+        loss = loss_sum(masks, logits, sample_weight=weights)
+        return tf.math.divide_no_nan(loss, all_pixels)
+
+    def train_one_replica(batch):
+        images, masks, weights = keras.utils.unpack_x_y_sample_weight(batch)
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = share_of_mean_loss(masks, logits, weights)
+            scaled_loss = model.optimizer.scale_loss(loss)  # float16 loss scaling.
+        gradients = tape.gradient(scaled_loss, model.trainable_variables)
+        # Keras sums the gradients over workers before applying them.
+        model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss, confusion_counts(masks, logits, num_classes)
+
+    def validate_one_replica(batch):
+        images, masks, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        logits = model(images, training=False)
+        loss = share_of_mean_loss(masks, logits, None)
+        images_count = tf.cast(tf.shape(images)[0], tf.float32)
+        return loss, images_count, confusion_counts(masks, logits, num_classes)
+
+    def sum_over_workers(per_replica):
+        return [
+            strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for value in per_replica
+        ]
+
+    # No autograph: the steps have no Python control flow on tensors, and
+    # converting the model's code would slow the first step (as Keras' own).
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        return sum_over_workers(strategy.run(train_one_replica, args=(next(iterator),)))
+
+    @tf.function(autograph=False)
+    def val_step(batch):
+        return sum_over_workers(strategy.run(validate_one_replica, args=(batch,)))
+
+    return train_step, val_step
+
+
+def train_epoch(train_step, batches, steps: int, callbacks) -> dict:
+    """One epoch of training; returns fit's logs: mean loss and training mean IoU."""
+    losses, matrix = [], 0
+    for step in range(steps):
+        callbacks.on_train_batch_begin(step)
+        loss, counts = train_step(batches)
+        losses.append(float(loss))
+        matrix = matrix + counts.numpy()
+        callbacks.on_train_batch_end(step, {"loss": float(np.mean(losses))})
+        if callbacks.model.stop_training:
+            break
+    return {"loss": float(np.mean(losses)), "mean_iou": float(mean_iou(matrix))}
+
+
+def validate(val_step, batches, val_steps: int | None) -> tuple[float, np.ndarray]:
+    """Validation loss and confusion matrix, the same on every worker.
+
+    The loss is each batch's mean weighted by its number of images, as Keras'
+    `evaluate` reports it; the matrix counts every non-void pixel once.
+    """
+    weighted_loss, images, matrix = 0.0, 0.0, 0
+    for batch in itertools.islice(batches, val_steps):
+        loss, count, counts = val_step(batch)
+        weighted_loss += float(loss) * float(count)
+        images += float(count)
+        matrix = matrix + counts.numpy()
+    return weighted_loss / max(images, 1.0), np.asarray(matrix, np.int64)
+
+
+class TrainingState:
+    """What a resumed run needs besides model and optimizer: epochs done, best epoch.
+
+    The best epoch's validation loss and confusion matrix become results.json,
+    so the loop needs no final evaluation pass (the chief alone holds best.keras).
+    """
+
+    def __init__(self, num_classes: int):
+        self.epoch = tf.Variable(0, dtype=tf.int64)
+        self.best_mean_iou = tf.Variable(-np.inf, dtype=tf.float64)
+        self.best_val_loss = tf.Variable(np.nan, dtype=tf.float64)
+        self.best_matrix = tf.Variable(tf.zeros((num_classes, num_classes), tf.int64))
+
+    def variables(self) -> dict[str, tf.Variable]:
+        return {
+            "epoch": self.epoch,
+            "best_mean_iou": self.best_mean_iou,
+            "best_val_loss": self.best_val_loss,
+            "best_matrix": self.best_matrix,
+        }
+
+    def end_epoch(
+        self, epoch: int, val_mean_iou: float, val_loss: float, val_matrix: np.ndarray
+    ) -> None:
+        """Count the epoch; keep its validation if its mean IoU is the best yet.
+
+        The same rule as the chief's `ModelCheckpoint(save_best_only=True)`.
+        """
+        self.epoch.assign(epoch + 1)
+        if val_mean_iou > self.best_mean_iou.numpy():
+            self.best_mean_iou.assign(val_mean_iou)
+            self.best_val_loss.assign(val_loss)
+            self.best_matrix.assign(val_matrix)
+
+
+def broadcast_from_chief(
+    strategy: tf.distribute.Strategy, variables: list, chief: bool
+) -> None:
+    """Give every worker the chief's values of `variables` (a sum in which the
+    other workers add zeros), so that only the chief's checkpoint is read."""
+
+    def chief_values():
+        context = tf.distribute.get_replica_context()
+        return [  # One all-reduce per variable: a list must share one dtype.
+            context.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                tf.identity(variable) if chief else tf.zeros_like(variable),
+            )
+            for variable in variables
+        ]
+
+    summed = tf.function(lambda: strategy.run(chief_values), autograph=False)()
+    for variable, value in zip(variables, summed):
+        variable.assign(strategy.experimental_local_results(value)[0])
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, chief: bool) -> None:
+    """Every worker saves (all take part); the others delete theirs at once."""
+    manager.save()
+    if not chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+
+
+def worker_callbacks(
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    chief: bool,
+    metric: ConfusionMatrix,
+) -> list[keras.callbacks.Callback]:
+    """The chief: fit's callbacks, which write the outputs; the others: none.
+
+    BackupAndRestore works only inside `fit`: the checkpoint of this loop
+    replaces it. The other workers keep TerminateOnNaN, so all stop together.
+    """
+    if not chief:
+        return [keras.callbacks.TerminateOnNaN()]
+    return [
+        callback
+        for callback in training.make_callbacks(args, metric, dataset.class_names)
+        if not isinstance(callback, keras.callbacks.BackupAndRestore)
+    ]
+
+
+def one_device_model(model: keras.Model, best_path: str) -> keras.Model:
+    """The best model outside the strategy, so the chief can predict on its own."""
+    if os.path.isfile(best_path):
+        return keras.saving.load_model(best_path, compile=False)
+    copy = keras.models.clone_model(model)  # No best epoch (NaN): the last weights.
+    copy.set_weights(model.get_weights())
+    return copy
