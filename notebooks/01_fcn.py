@@ -76,7 +76,7 @@ DATASET = os.environ.get("NOTEBOOK_DATASET") or (
 DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 WIDTH = 0.0625 if QUICK else 0.125  # Fraction of VGG-16's channels.
-CROP_SIZE = 64 if QUICK else 128
+CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
 OUTPUT_DIR = tempfile.mkdtemp(prefix="01_fcn-")
 TRAINING_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR),
