@@ -5,7 +5,7 @@
     python deeplab_train.py --variant v3 --backbone mobilenetv2 --epochs 50
     python deeplab_train.py --variant v1 --epochs 50            # VGG-16 LargeFOV
     python deeplab_train.py --dataset shapes --variant v3 --backbone mobilenetv2 \\
-        --backbone-weights none --no-freeze-bn --crop-size 128 --epochs 10  # demo
+        --backbone-weights none --no-freeze-bn --crop-size 64 --epochs 10   # demo
 
 Four papers by Chen et al., each adding one idea to the one before:
 

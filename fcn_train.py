@@ -3,7 +3,7 @@
     bash data/voc_download.sh
     python fcn_train.py --variant 8s --epochs 50
     python fcn_train.py --dataset shapes --backbone-weights none --width 0.125 \\
-        --optimizer adam --learning-rate 1e-3 --crop-size 128 --epochs 10   # demo
+        --optimizer adam --learning-rate 1e-3 --crop-size 64 --epochs 10    # demo
 
 The paper's staged recipe: train the coarse net, then each finer one from it
 with the learning rate lowered 100x (Sec. 4.2):

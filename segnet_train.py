@@ -4,7 +4,7 @@
     python segnet_train.py --epochs 50
     python segnet_train.py --dataset camvid --data-dir data/CamVid \
         --class-weighting median --epochs 100   # the paper's setting
-    python segnet_train.py --dataset shapes --variant basic --crop-size 128 \
+    python segnet_train.py --dataset shapes --variant basic --crop-size 64 \
         --batch-size 8 --epochs 12                         # a quick CPU demo
 
 SegNet (Badrinarayanan, Kendall and Cipolla, TPAMI 2017,
