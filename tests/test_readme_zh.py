@@ -174,9 +174,13 @@ def test_file_tree_lists_the_same_files():
     )
     for block, translated in zip(english, chinese):
         expected, actual = file_tree(block.body), file_tree(translated.body)
-        assert [path for path, _ in actual] == [path for path, _ in expected], (
-            f"{CHINESE} line {translated.line}: the file tree must list the paths "
-            f"of {ENGLISH} line {block.line}, in the same order"
+        paths = [path for path, _ in expected]
+        found = [path for path, _ in actual]
+        assert found == paths, (
+            f"{CHINESE} line {translated.line}: the file tree must list the paths of "
+            f"{ENGLISH} line {block.line} in the same order; only in {ENGLISH}: "
+            f"{sorted(set(paths) - set(found))}, only in {CHINESE}: "
+            f"{sorted(set(found) - set(paths))}"
         )
         for (path, wanted), (_, found) in zip(expected, actual):
             assert found == wanted, (
@@ -211,9 +215,9 @@ def test_every_table_number_is_the_same():
         for (line, row), (zh_line, zh_row) in zip(table.rows, translated.rows):
             wanted, found = numbers(row), numbers(zh_row)
             assert found == wanted, (
-                f"{CHINESE} line {zh_line}, row {first_cell(zh_row)!r} of {where}: "
-                f"missing {describe(wanted - found)!r}, "
-                f"not in {ENGLISH} line {line}: {describe(found - wanted)!r}"
+                f"{CHINESE} line {zh_line} (row {first_cell(zh_row)!r} of {where}) "
+                f"lacks [{describe(wanted - found)}] of {ENGLISH} line {line} and "
+                f"has [{describe(found - wanted)}] that it does not"
             )
 
 
