@@ -669,6 +669,9 @@ def fit_and_evaluate(
             metrics=[metric],
             jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
         )
+        # Adam's slots, created now: made inside the first traced train step
+        # they make TensorFlow trace that step twice (seconds to minutes).
+        model.optimizer.build(model.trainable_variables)
     print(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
         f"of {args.global_batch_size} images per epoch"

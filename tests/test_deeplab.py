@@ -370,7 +370,13 @@ def test_vgg_fc_decimation():
         ("v1", ["--optimizer", "adam", "--learning-rate", "1e-4"]),
         # Output stride 16 halves v2's rates (3, 6, 9, 12): dilated convolutions
         # with large rates train slowly on CPU.
-        ("v2", ["--resnet-blocks", "1", "1", "1", "1", "--output-stride", "16"]),
+        (
+            "v2",
+            [
+                *("--resnet-blocks", "1", "1", "1", "1", "--output-stride", "16"),
+                *("--optimizer", "adam", "--learning-rate", "1e-3"),
+            ],
+        ),
         # v3/v3+ on MobileNetV2 train end to end in notebooks 03 and 05.
         ("v3plus", ["--resnet-blocks", "1", "1", "1", "1"]),
     ],
