@@ -65,10 +65,10 @@ def validation_mean_iou(model: keras.Model, batches, training: bool) -> float:
 
 
 def test_inference_mode_validates_like_batch_statistics(shapes_dir, tmp_path):
-    """Measured (AMD EPYC): median errors 0.04 (mean) and 0.09 (log variance)
-    with momentum 0.9 after 30 such steps; with keras.applications' 0.999
-    (`speed_up_batch_norm_statistics` patched out) 0.41 and 1.07 after these 20,
-    and this test fails. Validation mean IoU alone is too coarse to tell them
+    """Measured (AMD EPYC): median errors 0.08 (mean) and 0.19 (log variance)
+    with momentum 0.9; with keras.applications' 0.999
+    (`speed_up_batch_norm_statistics` patched out) 0.41 and 1.07, and this test
+    fails. Validation mean IoU alone is too coarse to tell them
     apart this early: both modes still predict mostly background."""
     model = train_from_scratch(shapes_dir, str(tmp_path / "run"))
     assert {norm.momentum for norm in layers.batch_norm_layers(model)} == {
