@@ -3,7 +3,7 @@
     bash data/voc_download.sh
     python unet_train.py --epochs 50
     python unet_train.py --dataset shapes --epochs 8 --filters 16 32 64 128 \
-        --crop-size 64 --learning-rate 2e-3 --scale-range 1 1    # demo, 6 CPU minutes
+        --crop-size 64 --learning-rate 2e-3 --scale-range 1 1    # demo, 4 CPU minutes
     python unet_train.py --padding valid --no-batch-norm          # the paper's network
 
 U-Net (Ronneberger, Fischer and Brox, MICCAI 2015, https://arxiv.org/abs/1505.04597)

@@ -64,8 +64,6 @@ def fit_and_evaluate(
     train_batches = iter(distribute_dataset(strategy, train_ds))
     val_batches = distribute_dataset(strategy, val_ds)
 
-    with strategy.scope():
-        model.optimizer.build(model.trainable_variables)  # Its slots, for restore.
     state = TrainingState(dataset.num_classes)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, **state.variables()

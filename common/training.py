@@ -669,8 +669,9 @@ def fit_and_evaluate(
             metrics=[metric],
             jit_compile={"auto": "auto", "on": True, "off": False}[args.jit_compile],
         )
-        # Adam's slots, created now: made inside the first traced train step
-        # they make TensorFlow trace that step twice (seconds to minutes).
+        # The optimizer's slots, made now: created inside the first traced train
+        # step they make TensorFlow trace that step twice (seconds to minutes),
+        # and the multi-worker loop needs them before it restores a checkpoint.
         model.optimizer.build(model.trainable_variables)
     print(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
