@@ -4,7 +4,8 @@
     python bench/crf.py --data-dir data/VOCdevkit/VOC2012 --limit 100
 
 For every image of the split, the ground truth is turned into what an output
-stride 8 network might predict (`crf.simulated_stride8_probabilities`: one-hot,
+stride 8 network might predict (`crf.simulated_stride8_probabilities`: void
+filled from its neighbours, boundaries displaced by a smooth random field, one-hot
 averaged over 8 x 8 cells, noisy logits, bilinear upsampling), and scored with
 and without `crf.dense_crf` at DeepLab's VOC settings: mean IoU over the split,
 and trimap mean IoU within 4, 8 and 16 pixels of a boundary (void excluded).
@@ -45,6 +46,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--noise", type=float, default=1.0, help="logit noise (default: %(default)s)"
     )
+    parser.add_argument(
+        "--boundary-shift",
+        type=float,
+        default=8.0,
+        help="how far the simulated network misplaces boundaries, in pixels "
+        "(default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -63,7 +71,7 @@ def main(argv=None) -> dict:
     for image_path, mask_path in pairs:
         image, mask = (t.numpy() for t in voc.load_pair(image_path, mask_path, 21))
         probabilities = crf.simulated_stride8_probabilities(
-            mask, num_classes, rng, args.noise
+            mask, num_classes, rng, args.noise, args.boundary_shift
         )
         start = time.perf_counter()
         refined = crf.dense_crf(image, probabilities)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import scipy.ndimage
 import tensorflow as tf
 
 from common.voc import InputError
@@ -57,6 +58,8 @@ MIN_PROBABILITY = 1e-5
 # A trained network is confident inside objects: with this logit gap, a pixel
 # far from any boundary gets about 0.99 for its class out of 21.
 LOGIT_SCALE = 8.0
+# ... and the boundaries it misplaces wander over about this many pixels.
+SHIFT_SPACING = 32
 
 
 class CrfUnavailableError(InputError):
@@ -179,21 +182,26 @@ def simulated_stride8_probabilities(
     num_classes: int,
     rng: np.random.Generator,
     noise: float = 1.0,
+    boundary_shift: float = 8.0,
     output_stride: int = 8,
 ) -> np.ndarray:
     """What a decent output-stride-8 network might predict for a labelled image.
 
-    The ground truth, one-hot, is averaged over `output_stride` x
-    `output_stride` cells (the network's resolution), turned into noisy logits
-    and bilinearly upsampled back, as DeepLab upsamples its logits. Boundaries
-    come out blurred over about 8 pixels, which is exactly what the CRF is for.
-    Void pixels (255) count as background here; score them as void.
+    A stride-8 network errs at boundaries: it places them only to within a few
+    pixels, loses thin parts and rounds corners (DeepLab v1 Sec. 3.2). So the
+    ground truth is first displaced by a smooth random field (each boundary
+    moves by about `boundary_shift` pixels, the direction varying over tens of
+    pixels), then averaged over `output_stride` x `output_stride` cells (the
+    network's resolution), turned into noisy logits and bilinearly upsampled
+    back, as DeepLab upsamples its logits. Void pixels (255), the band along
+    object borders, first take the label of the nearest labelled pixel, as a
+    network predicts some class there; score them as void.
 
     Returns:
         float32 `(H, W, num_classes)` probabilities; each pixel sums to 1.
     """
     height, width = mask.shape
-    labels = np.where(mask < num_classes, mask, 0)
+    labels = _displaced(_void_filled(mask, num_classes), rng, boundary_shift)
     one_hot = np.eye(num_classes, dtype=np.float32)[labels]
     # Average each 8 x 8 cell (the edge repeated to fill the last ones), like a
     # stride-8 network's output centred on it: (H/8, W/8, C).
@@ -206,3 +214,32 @@ def simulated_stride8_probabilities(
     logits = LOGIT_SCALE * coarse + noise * rng.standard_normal(coarse.shape)
     logits = tf.image.resize(logits, (height, width), method="bilinear")
     return tf.nn.softmax(logits).numpy()
+
+
+def _void_filled(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """`mask` with every void pixel set to the nearest labelled pixel's class."""
+    void = mask >= num_classes
+    if void.all():
+        return np.zeros_like(mask)
+    rows, columns = scipy.ndimage.distance_transform_edt(
+        void, return_distances=False, return_indices=True
+    )
+    return mask[rows, columns]
+
+
+def _displaced(labels: np.ndarray, rng: np.random.Generator, shift: float):
+    """`labels` resampled through a smooth random displacement field.
+
+    One random offset (standard deviation `shift` pixels, per axis) every
+    `SHIFT_SPACING` pixels, interpolated bicubically in between: boundaries move
+    by a few pixels, differently along their length; interiors stay put.
+    """
+    height, width = labels.shape
+    knots = rng.standard_normal(
+        (height // SHIFT_SPACING + 2, width // SHIFT_SPACING + 2, 2)
+    )
+    field = tf.image.resize(shift * knots, (height, width), method="bicubic").numpy()
+    rows, columns = np.indices((height, width))
+    rows = np.clip(np.rint(rows + field[..., 0]), 0, height - 1).astype(int)
+    columns = np.clip(np.rint(columns + field[..., 1]), 0, width - 1).astype(int)
+    return labels[rows, columns]

@@ -361,12 +361,14 @@ display(Image(filename=os.path.join(OUTPUT_DIR, "predictions.png")))
 # settings; `evaluate.py --crf` and `predict.py --crf` use it.
 #
 # No trained VOC network is at hand here, so the cell makes one's kind of output
-# from the ground truth: one-hot, averaged over 8 x 8 cells, noisy logits,
-# bilinearly upsampled (`crf.simulated_stride8_probabilities`). It uses the VOC
-# sample pairs beside the checkout if present, else `shapes` validation images.
-# What to look for: the unaries' rounded, blurred outlines and stray specks, and
-# how the CRF output follows the image's edges and drops the specks. Each
-# 500 x 375 image takes a few seconds on a CPU.
+# from the ground truth: boundaries misplaced by a few pixels (a smooth random
+# displacement), one-hot averaged over 8 x 8 cells, noisy logits, bilinearly
+# upsampled (`crf.simulated_stride8_probabilities`). It uses the VOC sample pairs
+# beside the checkout if present, else `shapes` validation images. What to look
+# for: the unaries' rounded outlines that cut across or spill over the object's
+# edge, and how the CRF output pulls them back onto the image's edges (and where
+# it cannot: thin parts the unaries already lost). Each 500 x 375 image takes
+# about a second on a CPU.
 
 # %%
 from common import crf
