@@ -4,8 +4,15 @@
     python deeplab_train.py --variant v3plus --backbone resnet50 --epochs 50
     python deeplab_train.py --variant v3 --backbone mobilenetv2 --epochs 50
     python deeplab_train.py --variant v1 --epochs 50            # VGG-16 LargeFOV
-    python deeplab_train.py --dataset shapes --variant v3 --backbone mobilenetv2 \\
-        --backbone-weights none --no-freeze-bn --crop-size 64 --epochs 10   # demo
+    python deeplab_train.py --dataset shapes --backbone mobilenetv2 \\
+        --backbone-weights none --no-freeze-bn --optimizer adam \\
+        --learning-rate 1e-3 --crop-size 64 --epochs 10                     # demo
+
+The demo trains from scratch on a CPU: v3+ on MobileNetV2 with Adam, because
+its decoder sees stride-4 features where v3's head sees a 4 x 4 map of a 64 px
+crop. It finds the shapes but still confuses their classes (val mean IoU 0.32
+after 10 epochs, measured; v3 with the default SGD: 0.24, shapes misplaced).
+DeepLab's strength is an ImageNet backbone: on VOC, keep the defaults.
 
 Four papers by Chen et al., each adding one idea to the one before:
 

