@@ -5,7 +5,11 @@
     python segnet_train.py --dataset camvid --data-dir data/CamVid \
         --class-weighting median --epochs 100   # the paper's setting
     python segnet_train.py --dataset shapes --variant basic --crop-size 64 \
-        --batch-size 8 --epochs 12                         # a quick CPU demo
+        --batch-size 8 --epochs 12                         # a CPU demo
+
+The demo (SegNet-Basic from scratch, the default SGD recipe) validates in step
+with training but learns slowly: val mean IoU 0.31 after 12 epochs (measured),
+shapes found and classes often confused; 2-4 minutes per epoch on 2 CPU cores.
 
 SegNet (Badrinarayanan, Kendall and Cipolla, TPAMI 2017,
 https://arxiv.org/abs/1511.00561) is an encoder-decoder whose one new idea is
