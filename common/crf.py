@@ -227,7 +227,9 @@ def _void_filled(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return mask[rows, columns]
 
 
-def _displaced(labels: np.ndarray, rng: np.random.Generator, shift: float):
+def _displaced(
+    labels: np.ndarray, rng: np.random.Generator, shift: float
+) -> np.ndarray:
     """`labels` resampled through a smooth random displacement field.
 
     One random offset (standard deviation `shift` pixels, per axis) every
