@@ -53,7 +53,7 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
@@ -61,9 +61,11 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 import keras
 from keras import layers
 
-from common import training, voc
-from common.backbones import load_application
+from common import cli, training, voc
+from common.backbones import copy_weights_by_name, load_application
+from common.errors import InputError
 from common.layers import (
+    BN_MOMENTUM,
     AtrousConv2D,
     CaffeNormalization,
     ResizeLike,
@@ -71,7 +73,8 @@ from common.layers import (
     conv_bn_relu,
     separable_conv_bn,
 )
-from common.voc import InputError
+from common.losses import segmentation_loss
+from common.metrics import ConfusionMatrix
 
 VARIANTS = ("v1", "v2", "v3", "v3plus")
 BACKBONES = {  # The first one is the variant's default.
@@ -139,6 +142,19 @@ def aspp_rates(variant: str, output_stride: int) -> tuple[int, ...]:
 # --------------------------------------------------------------------------
 
 
+def batch_norm(name: str, epsilon: float = 1e-3) -> layers.BatchNormalization:
+    """Batch norm as every backbone here builds it.
+
+    `epsilon` is that of the layer's `keras.applications` twin, so ImageNet
+    statistics load unchanged. The momentum is not: the applications use
+    0.99 (ResNet-50) and 0.999 (MobileNetV2), with which a net trained from
+    scratch validates with the statistics of its untrained self for hundreds
+    of steps; `BN_MOMENTUM` (0.9) follows the weights (`common/layers.py`).
+    With `--freeze-bn` the layers do not update their statistics at all.
+    """
+    return layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=name)
+
+
 def vgg16_largefov(images):
     """VGG-16 as in DeepLab v1 (Sec. 3.1 and 4.1), output stride 8.
 
@@ -176,21 +192,19 @@ def resnet_bottleneck(x, filters: int, stride: int, rate: int, shortcut: bool, n
         residual = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(
             x
         )
-        residual = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_0_bn")(
-            residual
-        )
+        residual = batch_norm(f"{name}_0_bn", epsilon=1.001e-5)(residual)
     else:
         residual = x
     x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
+    x = batch_norm(f"{name}_1_bn", epsilon=1.001e-5)(x)
     x = layers.ReLU(name=f"{name}_1_relu")(x)
     x = AtrousConv2D(
         filters, 3, padding="same", dilation_rate=rate, name=f"{name}_2_conv"
     )(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
+    x = batch_norm(f"{name}_2_bn", epsilon=1.001e-5)(x)
     x = layers.ReLU(name=f"{name}_2_relu")(x)
     x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_3_bn")(x)
+    x = batch_norm(f"{name}_3_bn", epsilon=1.001e-5)(x)
     x = layers.Add(name=f"{name}_add")([residual, x])
     return layers.ReLU(name=f"{name}_out")(x)
 
@@ -211,7 +225,7 @@ def resnet50(
     x = CaffeNormalization(name="caffe_normalization")(images)
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = batch_norm("conv1_bn", epsilon=1.001e-5)(x)
     x = layers.ReLU(name="conv1_relu")(x)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)  # (b, h/4, w/4, 64)
@@ -247,9 +261,7 @@ def mobilenetv2_unit(x, expansion: int, filters: int, stride: int, schedule, uni
         x = layers.Conv2D(
             expansion * in_channels, 1, use_bias=False, name=f"{prefix}expand"
         )(x)
-        x = layers.BatchNormalization(
-            epsilon=1e-3, momentum=0.999, name=f"{prefix}expand_BN"
-        )(x)
+        x = batch_norm(f"{prefix}expand_BN")(x)
         x = layers.ReLU(6.0, name=f"{prefix}expand_relu")(x)
     layer_stride, rate = schedule.strided(stride)
     x = layers.DepthwiseConv2D(
@@ -260,14 +272,10 @@ def mobilenetv2_unit(x, expansion: int, filters: int, stride: int, schedule, uni
         use_bias=False,
         name=f"{prefix}depthwise",
     )(x)
-    x = layers.BatchNormalization(
-        epsilon=1e-3, momentum=0.999, name=f"{prefix}depthwise_BN"
-    )(x)
+    x = batch_norm(f"{prefix}depthwise_BN")(x)
     x = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(x)
     x = layers.Conv2D(filters, 1, use_bias=False, name=f"{prefix}project")(x)
-    x = layers.BatchNormalization(
-        epsilon=1e-3, momentum=0.999, name=f"{prefix}project_BN"
-    )(x)
+    x = batch_norm(f"{prefix}project_BN")(x)
     if in_channels == filters and stride == 1:
         x = layers.Add(name=f"{prefix}add")([inputs, x])
     return x
@@ -282,7 +290,7 @@ def mobilenetv2(images, output_stride: int):
     """
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(images)
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)
-    x = layers.BatchNormalization(epsilon=1e-3, momentum=0.999, name="bn_Conv1")(x)
+    x = batch_norm("bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     schedule = OutputStride(output_stride, stride=2)
     unit = 0
@@ -347,7 +355,7 @@ def xception_unit(
             use_bias=False,
             name=f"{name}_shortcut",
         )(inputs)
-        residual = layers.BatchNormalization(name=f"{name}_shortcut_BN")(residual)
+        residual = batch_norm(f"{name}_shortcut_BN")(residual)
         x = layers.Add(name=f"{name}_add")([x, residual])
     elif shortcut == "sum":
         x = layers.Add(name=f"{name}_add")([x, inputs])
@@ -371,12 +379,12 @@ def xception65(images, output_stride: int):
     x = layers.Conv2D(
         32, 3, strides=stride, padding="same", use_bias=False, name="entry_flow_conv1_1"
     )(x)
-    x = layers.BatchNormalization(name="entry_flow_conv1_1_BN")(x)
+    x = batch_norm("entry_flow_conv1_1_BN")(x)
     x = layers.ReLU(name="entry_flow_conv1_1_relu")(x)
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="entry_flow_conv1_2")(
         x
     )
-    x = layers.BatchNormalization(name="entry_flow_conv1_2_BN")(x)
+    x = batch_norm("entry_flow_conv1_2_BN")(x)
     x = layers.ReLU(name="entry_flow_conv1_2_relu")(x)
     x, _ = xception_unit(x, (128,) * 3, "entry_flow_block1", schedule, stride=2)
     x, low_level = xception_unit(x, (256,) * 3, "entry_flow_block2", schedule, 2)
@@ -609,13 +617,13 @@ def load_backbone_weights(
 ) -> None:
     """Copy pretrained weights into `model` by layer name.
 
-    `backbone_weights` is None/"none" (random), "imagenet" (the Keras
-    applications' weights for ResNet-50, MobileNetV2 and VGG-16; dilation does
-    not change a kernel's shape, so they fit), a `.keras` model (any model
-    whose layer names match, such as an earlier DeepLab run), or a weights
-    file of the Keras application (`.weights.h5`).
+    `backbone_weights` is None (random), "imagenet" (the Keras applications'
+    weights for ResNet-50, MobileNetV2 and VGG-16; dilation does not change a
+    kernel's shape, so they fit), a `.keras` model (any model whose layer
+    names match, such as an earlier DeepLab run), or a weights file of the
+    Keras application (`.weights.h5`).
     """
-    if backbone_weights in (None, "none"):
+    if backbone_weights is None:
         return
     if backbone_weights.endswith(".keras"):
         source = keras.saving.load_model(backbone_weights, compile=False)
@@ -627,23 +635,16 @@ def load_backbone_weights(
     else:
         raise InputError(f"--backbone-weights: no file {backbone_weights!r}")
 
-    own_layers = {layer.name: layer for layer in model.layers}
-    copied = 0
-    for layer in source.layers:
-        own = own_layers.get(layer.name)
-        if not layer.weights or own is None:
-            continue
-        weights = layer.get_weights()
-        if [w.shape for w in weights] != [tuple(w.shape) for w in own.weights]:
-            print(f"Not loading {layer.name}: its weights have other shapes.")
-            continue
-        own.set_weights(weights)
-        copied += 1
-    if copied == 0:
+    copied = copy_weights_by_name(source, model)
+    if not copied:
         raise ValueError(f"No layer of {backbone_weights!r} matches {model.name}.")
+    own_names = {layer.name for layer in model.layers}
+    for layer in source.layers:
+        if layer.weights and layer.name in own_names and layer.name not in copied:
+            print(f"Not loading {layer.name}: its weights have other shapes.")
     if backbone == "vgg16" and "fc1" in {layer.name for layer in source.layers}:
         decimate_vgg_fc(source, model)
-    print(f"Loaded {copied} layers of {backbone} from {backbone_weights}.")
+    print(f"Loaded {len(copied)} layers of {backbone} from {backbone_weights}.")
 
 
 def freeze_batch_norm(model: keras.Model) -> int:
@@ -669,7 +670,7 @@ def freeze_batch_norm(model: keras.Model) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Train DeepLab v1/v2/v3/v3+ (Chen et al.) for semantic "
         "segmentation.",
     )
@@ -698,6 +699,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--backbone-weights",
+        type=cli.backbone_weights,
         default="imagenet",
         help="imagenet (Keras applications: resnet50, mobilenetv2, vgg16; not "
         "xception, which has none in Keras), none, or a file: a .keras model with "
@@ -706,7 +708,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--multi-grid",
-        type=training.positive_int,
+        type=cli.positive_int,
         nargs="+",
         default=list(MULTI_GRID),
         help="v3/v3plus on resnet50: dilation multipliers of the conv5 units "
@@ -720,7 +722,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--resnet-blocks",
-        type=training.positive_int,
+        type=cli.positive_int,
         nargs=4,
         default=list(RESNET50_BLOCKS),
         help="units per ResNet stage (default: 3 4 6 3 = ResNet-50; 1 1 1 1 for a "
@@ -728,7 +730,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--head-filters",
-        type=training.positive_int,
+        type=cli.positive_int,
         help="channels of v1's fc6/fc7 (default: 1024) or of the v3/v3plus ASPP "
         "and decoder (default: 256); fewer for a quick CPU run, where dilated "
         "convolutions train slowly",
@@ -742,7 +744,7 @@ def make_parser() -> argparse.ArgumentParser:
         f"{MIN_BN_BATCH}, where batch statistics are too noisy (the papers train BN "
         "with batch 16 only)",
     )
-    training.add_common_args(parser)
+    cli.add_training_args(parser)
     parser.set_defaults(
         optimizer="sgd",
         momentum=0.9,
@@ -763,13 +765,13 @@ def make_parser() -> argparse.ArgumentParser:
         "borders; Keras resizes with half-pixel centres, where multiples of the "
         "output stride line up."
     )
-    training.describe_default(
+    cli.describe_default(
         parser,
         "learning_rate",
         "0.007 x batch / 16; v1: 0.001 x batch / 20, the papers' rates scaled to "
         "--batch-size",
     )
-    training.describe_default(
+    cli.describe_default(
         parser, "weight_decay", "1e-4 for resnet50, 5e-4 for vgg16, 4e-5 otherwise"
     )
     return parser
@@ -777,12 +779,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
-    args = training.parse_known(parser, argv)
+    args = cli.parse(parser, argv)
     resolve_defaults(parser, args)
-    training.check_crop_size(
-        parser, args.crop_size, lambda size: voc.round_up(size, args.output_stride)
-    )
+    cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
     return args
+
+
+def input_size_rule(args: argparse.Namespace) -> Callable[[int], int]:
+    """The model takes any size; multiples of the output stride line up exactly."""
+    return lambda size: voc.round_up(size, args.output_stride)
 
 
 def resolve_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace):
@@ -835,7 +840,7 @@ def warn_about_recipe(args: argparse.Namespace, replicas: int = 1) -> None:
             f"16 and freeze it otherwise (--freeze-bn).",
             stacklevel=2,
         )
-    if args.freeze_bn and args.backbone_weights == "none":
+    if args.freeze_bn and args.backbone_weights is None:
         warnings.warn(
             "--freeze-bn with --backbone-weights none: BN keeps its initial "
             "statistics (mean 0, variance 1) and never learns them. Use "
@@ -853,14 +858,13 @@ def warn_about_recipe(args: argparse.Namespace, replicas: int = 1) -> None:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, f"deeplab_{args.variant}")
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
     resolve_freeze_bn(args, strategy.num_replicas_in_sync)
     warn_about_recipe(args, strategy.num_replicas_in_sync)
-    train_ds, val_ds, steps = training.make_datasets(
-        args,
-        dataset,
-        lambda size: voc.round_up(size, args.output_stride),
+    train_ds, val_ds, steps_per_epoch = training.make_datasets(
+        args, dataset, input_size_rule(args)
     )
+
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_deeplab(
             dataset.num_classes,
@@ -873,14 +877,37 @@ def main(argv: Sequence[str] | None = None) -> dict:
             resnet_blocks=args.resnet_blocks,
             head_filters=args.head_filters,
         )
-    if args.freeze_bn and args.variant != "v1":  # VGG-16 has no batch norm.
-        print(f"Froze {freeze_batch_norm(model)} batch norm layers (--freeze-bn).")
-    print(
-        f"{model.name}: learning rate {args.learning_rate:g}, weight decay "
-        f"{args.weight_decay:g}, output stride {args.output_stride}"
-    )
-    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+        if args.freeze_bn and args.variant != "v1":  # VGG-16 has no batch norm.
+            print(f"Froze {freeze_batch_norm(model)} batch norm layers (--freeze-bn).")
+        print(
+            f"{model.name}: learning rate {args.learning_rate:g}, weight decay "
+            f"{args.weight_decay:g}, output stride {args.output_stride}"
+        )
+        iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
+        model.compile(
+            # The papers' recipe: SGD, momentum 0.9, poly schedule (power 0.9)
+            # from the rate resolve_defaults scaled to the batch.
+            optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
+            # Cross-entropy on logits upsampled to the image, void ignored.
+            loss=segmentation_loss(),
+            metrics=[iou],
+            jit_compile=cli.JIT_COMPILE[args.jit_compile],
+        )
+
+    callbacks = training.make_callbacks(args, iou, dataset.class_names)
+    with training.resumable(args):  # Ctrl-C: says what is saved, how to resume.
+        history = training.fit(
+            model,
+            train_ds,
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=args.val_steps,
+            callbacks=callbacks,
+            sync_bn=args.sync_bn,
+        )
+        return training.save_results(model, args, dataset, val_ds, history, iou)
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

@@ -36,22 +36,17 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 import numpy as np
 import tensorflow as tf
 
-from common import crf, inference, plots, training, voc
-from common.metrics import (
-    ConfusionMatrix,
-    iou_table,
-    mean_iou,
-    per_class_iou,
-    pixel_accuracy,
-    trimap_mask,
-)
+from common import cli, crf, inference, plots, results, voc
+from common.constants import IGNORE_LABEL
+from common.errors import DatasetError, InputError
+from common.metrics import ConfusionMatrix, iou_table, mean_iou, trimap_mask
 
 # The data flags' defaults when neither they nor the run's results.json say.
-FALLBACK_DATASET = {"dataset": "voc", "ignore_index": voc.IGNORE_LABEL, "split": "val"}
+FALLBACK_DATASET = {"dataset": "voc", "ignore_index": IGNORE_LABEL, "split": "val"}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model", required=True, help="a .keras file saved by training"
     )
@@ -75,7 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--batch-size",
-        type=training.positive_int,
+        type=cli.positive_int,
         default=4,
         help="images per batch (default: 4)",
     )
@@ -83,7 +78,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--output-dir", help="where eval.json goes (default: the model's folder)"
     )
     crf.add_crf_args(parser)
-    data = training.add_dataset_args(parser)
+    data = cli.add_dataset_args(parser)
     data.description = "default: the run's settings in results.json beside --model"
     # None = not given, so that results.json can fill it in (resolve_dataset).
     parser.set_defaults(dataset=None, ignore_index=None)
@@ -100,7 +95,8 @@ def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
     unless `--dataset` names another dataset than the run's. Fills in
     `args.dataset`, `args.split` and the other data flags accordingly.
     """
-    run, results_path = inference.run_dataset(args.model)
+    run, results_path = results.read_run(args.model)
+    run = (run or {}).get("dataset")
     given = [
         flag
         for flag, value in (
@@ -130,7 +126,7 @@ def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
                 setattr(args, name, value)
         reason = "no dataset entry in" if run is None else "--dataset differs from"
         source = f"settings from the flags and defaults ({reason} {results_path})"
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
     return dataset, (
         f"Scoring {args.dataset} {args.split} in {dataset.data_dir} "
         f"({dataset.num_classes} classes, void {dataset.ignore_index}): {source}"
@@ -144,11 +140,11 @@ def parse_trimap(text: str | None) -> tuple[int, ...]:
     try:
         widths = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise voc.InputError(
+        raise InputError(
             f"--trimap {text!r}: expected whole pixel widths like 4,8,16"
         ) from None
     if min(widths) < 1:
-        raise voc.InputError(f"--trimap {text!r}: every width must be at least 1")
+        raise InputError(f"--trimap {text!r}: every width must be at least 1")
     return widths
 
 
@@ -225,20 +221,6 @@ def confusion_per_image(
     return {key: metric.matrix.numpy() for key, metric in metrics.items()}
 
 
-def scores(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Mean IoU, pixel accuracy, per-class IoU and the matrix, for eval.json."""
-    ious = per_class_iou(matrix).numpy()
-    return {
-        "mean_iou": float(mean_iou(matrix)),
-        "pixel_accuracy": float(pixel_accuracy(matrix)),
-        "per_class_iou": {
-            name: None if np.isnan(iou) else float(iou)
-            for name, iou in zip(class_names, ious)
-        },
-        "confusion_matrix": matrix.tolist(),
-    }
-
-
 def trimap_table(matrices: dict, widths: Sequence[int], with_crf: bool) -> str:
     """Mean IoU within each boundary band, with and without the CRF."""
     lines = [
@@ -257,7 +239,7 @@ def trimap_table(matrices: dict, widths: Sequence[int], with_crf: bool) -> str:
 def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
     predicted = model.output_shape[-1]
     if predicted != dataset.num_classes:
-        raise voc.InputError(
+        raise InputError(
             f"{model.name!r} predicts {predicted} classes but the data has "
             f"{dataset.num_classes} ({source}): give the --dataset/--data-dir "
             "it was trained on."
@@ -296,43 +278,43 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 )
             }
     except tf.errors.InvalidArgumentError as error:
-        raise voc.DatasetError(voc.tf_error_message(error)) from None
+        raise DatasetError(voc.tf_error_message(error)) from None
 
     matrix = matrices["network", None]
     print(iou_table(matrix, dataset.class_names))
-    results = {
+    scores = {
         "model": args.model,
         "dataset": args.dataset,
         "data_dir": dataset.data_dir,
         "split": args.split,
         "scales": list(scales),
         "flip": args.flip,
-        **scores(matrix, dataset.class_names),
+        **results.scores(matrix, dataset.class_names),
     }
     if args.crf:
-        results["crf"] = {
+        scores["crf"] = {
             "settings": crf_settings,
-            **scores(matrices["crf", None], dataset.class_names),
+            **results.scores(matrices["crf", None], dataset.class_names),
         }
         print(
-            f"mean IoU {results['mean_iou']:.1%} without CRF, "
-            f"{results['crf']['mean_iou']:.1%} with CRF (pixel accuracy "
-            f"{results['pixel_accuracy']:.1%}, "
-            f"{results['crf']['pixel_accuracy']:.1%})"
+            f"mean IoU {scores['mean_iou']:.1%} without CRF, "
+            f"{scores['crf']['mean_iou']:.1%} with CRF (pixel accuracy "
+            f"{scores['pixel_accuracy']:.1%}, "
+            f"{scores['crf']['pixel_accuracy']:.1%})"
         )
     if trimap_widths:
-        results["trimap"] = {}
+        scores["trimap"] = {}
         for width in trimap_widths:
             band = {"mean_iou": float(mean_iou(matrices["network", width]))}
             if args.crf:
                 band["mean_iou_crf"] = float(mean_iou(matrices["crf", width]))
-            results["trimap"][str(width)] = band
+            scores["trimap"][str(width)] = band
         print(trimap_table(matrices, trimap_widths, args.crf))
 
     output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "eval.json"), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(scores, f, indent=2)
     plots.plot_confusion_matrix(
         matrix,
         dataset.class_names,
@@ -340,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         title=f"{model.name} on {args.dataset} {args.split}",
     )
     print(f"Wrote eval.json and confusion_matrix.png to {output_dir}")
-    return results
+    return scores
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

@@ -41,8 +41,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import exported, inference, shapes, training, voc
-from common.augment import IMAGE_MEAN
+from common import cli, exported, inference, results, shapes, voc
+from common.constants import IGNORE_LABEL, IMAGE_MEAN
+from common.errors import DatasetError, InputError
+from common.layers import pad_to_multiple
 from common.metrics import ConfusionMatrix, mean_iou
 from common.plots import COLORMAP
 
@@ -55,7 +57,7 @@ SIZE_DIVISOR = 32  # As common.inference: padding to it suits every model here.
 MIN_AGREEMENT = 0.999  # For float32 exports; quantized ones report the IoU change.
 
 
-class ExportError(voc.InputError):
+class ExportError(InputError):
     """A model that a format cannot express, or an export that does not agree."""
 
 
@@ -88,15 +90,9 @@ class ServingModel(keras.Model):
     def call(self, images):
         images = tf.cast(images, tf.float32)  # (b, h, w, 3) in [0, 255]
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        # (m - h % m) % m, not (-h) % m: tf2onnx gets a negative modulo wrong.
-        divisor = self.size_divisor
-        pad_height = (divisor - height % divisor) % divisor
-        pad_width = (divisor - width % divisor) % divisor
+        # Padded with the mean pixel, as validation in training pads.
         mean = tf.constant(IMAGE_MEAN, tf.float32)
-        paddings = [[0, 0], [0, pad_height], [0, pad_width], [0, 0]]
-        # As augment.pad_image; adding the (3,) mean also restates the channels,
-        # which LiteRT's converter needs before a Conv2D.
-        padded = tf.pad(images - mean, paddings) + mean
+        padded = pad_to_multiple(images - mean, self.size_divisor) + mean
         logits = self.model(padded, training=False)[:, :height, :width]
         logits = tf.cast(logits, tf.float32)  # (b, h, w, classes)
         outputs = {"labels": tf.cast(tf.argmax(logits, axis=-1), tf.uint8)}
@@ -207,19 +203,16 @@ def check_dataset(model_path: str, data_dir: str | None) -> voc.DatasetSpec:
     if data_dir:
         names = shapes.SHAPES_CLASSES if shapes.is_shapes_dir(data_dir) else ()
         return voc.DatasetSpec(data_dir, "auto", names)
-    results_path = os.path.join(os.path.dirname(model_path), "results.json")
-    if os.path.isfile(results_path):
-        with open(results_path) as f:
-            run = json.load(f).get("dataset")
-        if run and os.path.isdir(run["data_dir"]):
-            return voc.DatasetSpec(
-                run["data_dir"],
-                run["layout"],
-                tuple(run["class_names"]),
-                run["ignore_index"],
-            )
-    if os.path.isdir(training.VOC_DIR):
-        return voc.DatasetSpec(training.VOC_DIR, "voc", voc.VOC_CLASSES)
+    run = (results.read_run(model_path)[0] or {}).get("dataset")
+    if run and os.path.isdir(run["data_dir"]):
+        return voc.DatasetSpec(
+            run["data_dir"],
+            run["layout"],
+            tuple(run["class_names"]),
+            run["ignore_index"],
+        )
+    if os.path.isdir(voc.VOC_DIR):
+        return voc.DatasetSpec(voc.VOC_DIR, "voc", voc.VOC_CLASSES)
     return voc.DatasetSpec(shapes.generate_shapes(), "voc", shapes.SHAPES_CLASSES)
 
 
@@ -230,14 +223,14 @@ def read_examples(
     be scored with this model's classes."""
     pairs = voc.list_pairs(dataset.data_dir, split, dataset.layout)[:count]
     if not pairs:
-        raise voc.DatasetError(f"{dataset.data_dir} has no {split!r} images to check.")
+        raise DatasetError(f"{dataset.data_dir} has no {split!r} images to check.")
     scored = not dataset.class_names or dataset.num_classes == num_classes
     examples = []
     for image_path, mask_path in pairs:
         # 255 classes: accept every index here, judge the range below.
         image, mask = voc.load_pair(image_path, mask_path, 255, dataset.ignore_index)
         mask = mask.numpy()
-        valid = scored and np.all((mask < num_classes) | (mask == voc.IGNORE_LABEL))
+        valid = scored and np.all((mask < num_classes) | (mask == IGNORE_LABEL))
         examples.append((image.numpy(), mask if valid else None))
     return examples
 
@@ -362,24 +355,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def load_checked_model(path: str) -> keras.Model:
     """The Keras model, refused early if its output is not the input's size."""
     if not (path.endswith(".keras") and os.path.isfile(path)):
-        raise voc.InputError(f"--model {path!r}: expected a .keras file from training.")
+        raise InputError(f"--model {path!r}: expected a .keras file from training.")
     model = inference.load_model(path)
     # Valid-padding U-Nets need overlap-tile inference, not one padded pass.
     inference.check_same_size_output(model, SIZE_DIVISOR)
     return model
-
-
-def class_names(model_path: str, dataset: voc.DatasetSpec, num_classes: int):
-    """The run's class names (results.json), else the check data's, else VOC's."""
-    results_path = os.path.join(os.path.dirname(model_path), "results.json")
-    candidates = [dataset.class_names, voc.VOC_CLASSES]
-    if os.path.isfile(results_path):
-        with open(results_path) as f:
-            candidates.insert(0, json.load(f).get("dataset", {}).get("class_names"))
-    for names in candidates:
-        if names and len(names) == num_classes:
-            return list(names)
-    return [f"class_{i}" for i in range(num_classes)]
 
 
 def metadata(args, model, dataset, rows, keras_iou) -> dict:
@@ -389,7 +369,9 @@ def metadata(args, model, dataset, rows, keras_iou) -> dict:
         "source_model": os.path.abspath(args.model),
         "model_name": model.name,
         "num_classes": num_classes,
-        "class_names": class_names(args.model, dataset, num_classes),
+        "class_names": results.run_class_names(
+            args.model, num_classes, dataset.class_names
+        ),
         "palette": COLORMAP[:num_classes].tolist(),
         "input": {
             "name": "images",
@@ -463,9 +445,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             }
         )
     print_table(rows, keras_iou)
-    results = metadata(args, model, dataset, rows, keras_iou)
+    export_info = metadata(args, model, dataset, rows, keras_iou)
     with open(os.path.join(out, exported.METADATA_FILE), "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(export_info, f, indent=2)
     print(f"wrote {', '.join(row['file'] for row in rows)} and export.json")
     for row in rows:
         if row["quantize"] == "none" and row["pixel_agreement"] < MIN_AGREEMENT:
@@ -474,8 +456,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"{100 * row['pixel_agreement']:.2f}% of pixels "
                 f"(at least {100 * MIN_AGREEMENT:.1f}% expected): do not ship it."
             )
-    return results
+    return export_info
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

@@ -55,7 +55,7 @@ layer of the model, so `model.predict` takes raw RGB images in [0, 255].
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
@@ -63,14 +63,16 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 import keras
 from keras import layers, ops
 
-from common import training, voc
-from common.backbones import load_application
+from common import cli, training, voc
+from common.backbones import copy_weights_by_name, load_application
 from common.layers import (
     BilinearUpsampling,
     CaffeNormalization,
     CropToMatch,
     PadToMultiple,
 )
+from common.losses import segmentation_loss
+from common.metrics import ConfusionMatrix
 
 VARIANTS = ("32s", "16s", "8s")
 VGG_FILTERS = (64, 128, 256, 512, 512)  # Channels of VGG-16's five conv blocks.
@@ -238,11 +240,7 @@ def copy_vgg16_weights(vgg: keras.Model, model: keras.Model) -> None:
     convolution kernel's first three axes, so fc1's (25088, 4096) kernel
     reshapes to fc6's (7, 7, 512, 4096) with no transposition.
     """
-    for layer in vgg.layers:
-        if layer.name.startswith("block") and layer.weights:
-            target = model.get_layer(layer.name)
-            target.kernel.assign(layer.kernel)
-            target.bias.assign(layer.bias)
+    copy_weights_by_name(vgg, model)  # The 13 convolutions, block1_conv1 ...
     for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
         dense, conv = vgg.get_layer(dense_name), model.get_layer(conv_name)
         conv.kernel.assign(ops.reshape(dense.kernel, conv.kernel.shape))
@@ -259,19 +257,13 @@ def init_from(model: keras.Model, path: str) -> list[str]:
     Returns the names of the copied layers.
     """
     source = keras.saving.load_model(path, compile=False)
-    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
-    copied = []
-    for layer in model.layers:
-        match = source_layers.get(layer.name)
-        if layer.weights and match is not None:
-            weights = match.get_weights()
-            if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
-                layer.set_weights(weights)
-                copied.append(layer.name)
+    copied = copy_weights_by_name(source, model)
     if not copied:
         raise ValueError(f"--init-from {path}: no layer matches this model.")
     print(f"Initialised {len(copied)} layers from {path}: {', '.join(copied)}")
-    unused = sorted(set(source_layers) - set(copied))
+    unused = sorted(
+        {layer.name for layer in source.layers if layer.weights} - set(copied)
+    )
     if unused:
         print(f"Not used from {path}: {', '.join(unused)}")
     return copied
@@ -282,13 +274,13 @@ def init_from(model: keras.Model, path: str) -> list[str]:
 # --------------------------------------------------------------------------
 
 
-def input_size_rule(size: int) -> int:
+def input_size_rule(args: argparse.Namespace) -> Callable[[int], int]:
     """The model takes any size; multiples of 32 waste no padding inside it."""
-    return voc.round_up(size, 32)
+    return lambda size: voc.round_up(size, 32)
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Train FCN-32s/16s/8s (Long et al. 2015) on VGG-16 for semantic "
         "segmentation.",
         epilog=MEMORY_NOTE,
@@ -304,6 +296,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--backbone-weights",
+        type=cli.backbone_weights,
         default="imagenet",
         help="imagenet (downloads 528 MB once), none (random), or the path of a "
         "VGG-16 weights file with its fc layers (default: %(default)s)",
@@ -323,12 +316,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--width",
-        type=training.positive_float,
+        type=cli.positive_float,
         default=1.0,
         help="multiply every layer's channels (default: %(default)s, the paper's "
         "VGG-16; 0.125 for a quick CPU run with --backbone-weights none)",
     )
-    training.add_common_args(parser)
+    cli.add_training_args(parser)
     # The paper's optimisation (Sec. 4.3): SGD, momentum 0.9, minibatches of 20
     # images, a fixed learning rate of 1e-4 for VGG-16, weight decay 5e-4. Keras
     # applies weight decay decoupled from the gradient, where Caffe added it to
@@ -348,10 +341,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
-    args = training.parse_known(parser, argv)
-    training.check_crop_size(parser, args.crop_size, input_size_rule)
-    if args.backbone_weights.lower() == "none":
-        args.backbone_weights = None
+    args = cli.parse(parser, argv)
+    cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
     if args.width != 1.0 and args.backbone_weights and not args.init_from:
         parser.error("--width other than 1 needs --backbone-weights none")
     return args
@@ -360,8 +351,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, f"fcn{args.variant}")
-    dataset = training.resolve_dataset(args)
-    train_ds, val_ds, steps = training.make_datasets(args, dataset, input_size_rule)
+    dataset = cli.resolve_dataset(args)
+    train_ds, val_ds, steps_per_epoch = training.make_datasets(
+        args, dataset, input_size_rule(args)
+    )
 
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_fcn(
@@ -374,8 +367,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
         if args.init_from:
             init_from(model, args.init_from)
-    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+        iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
+        model.compile(
+            # Sec. 4.3: SGD, momentum 0.9, weight decay (the defaults of make_parser).
+            optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
+            loss=segmentation_loss(),  # Per-pixel cross-entropy; void ignored.
+            metrics=[iou],
+            jit_compile=cli.JIT_COMPILE[args.jit_compile],
+        )
+
+    callbacks = training.make_callbacks(args, iou, dataset.class_names)
+    with training.resumable(args):  # Ctrl-C: says what is saved, how to resume.
+        history = training.fit(
+            model,
+            train_ds,
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=args.val_steps,
+            callbacks=callbacks,
+            sync_bn=args.sync_bn,
+        )
+        return training.save_results(model, args, dataset, val_ds, history, iou)
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

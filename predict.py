@@ -18,7 +18,6 @@ model. `--crf` refines each prediction with DeepLab's dense CRF
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,9 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from common import crf, exported, inference, plots, training
+from common import cli, crf, exported, inference, plots, results
 from common.metrics import label_boundaries
-from common.voc import IMAGE_EXTENSIONS, VOC_CLASSES
+from common.voc import IMAGE_EXTENSIONS
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 # Up to this many inputs, every written file is named; beyond, one summary line.
@@ -40,7 +39,7 @@ MAX_LISTED = 10
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", help="image files, folders or videos")
     parser.add_argument(
         "--model",
@@ -78,16 +77,7 @@ def class_names_for(model_path: str, num_classes: int, given: Sequence[str] | No
     """Names from the flag, else from the training run's results.json, else VOC's."""
     if given:
         return list(given)
-    run, results_path = inference.run_dataset(model_path)
-    names = run["class_names"] if run else []
-    if not names and os.path.isfile(results_path):  # Runs saved before "dataset".
-        with open(results_path) as f:
-            names = list(json.load(f).get("per_class_iou", {}))
-    if len(names) == num_classes:
-        return list(names)
-    if num_classes == len(VOC_CLASSES):
-        return list(VOC_CLASSES)
-    return [f"class_{i}" for i in range(num_classes)]
+    return results.run_class_names(model_path, num_classes)
 
 
 def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
@@ -273,4 +263,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    training.run_cli(lambda: sys.exit(1 if main() else 0))
+    cli.run_cli(lambda: sys.exit(1 if main() else 0))

@@ -54,7 +54,7 @@ whole images at their own size.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
@@ -62,8 +62,8 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 import keras
 from keras import layers
 
-from common import training
-from common.backbones import load_application
+from common import cli, training
+from common.backbones import copy_weights_by_name, load_application
 from common.layers import (
     BN_MOMENTUM,
     CaffeNormalization,
@@ -72,6 +72,8 @@ from common.layers import (
     MaxUnpooling2D,
     conv_bn_relu,
 )
+from common.losses import segmentation_loss
+from common.metrics import ConfusionMatrix
 
 # VGG-16's convolutions per block (Simonyan & Zisserman 2015, Table 1, config D).
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512,) * 3)
@@ -95,9 +97,9 @@ BASIC_KERNEL_SIZE = 7
 # --------------------------------------------------------------------------
 
 
-def any_input_size(size: int) -> int:
-    """SegNet accepts every size: pooling pads odd sizes, unpooling restores them."""
-    return size
+def input_size_rule(args: argparse.Namespace) -> Callable[[int], int]:
+    """SegNet takes every size: pooling pads odd sizes, unpooling restores them."""
+    return lambda size: size
 
 
 def encoder_pool(x, name: str):
@@ -230,20 +232,12 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
     """Copy VGG-16's convolution kernels into the encoder layers of the same name.
 
     `backbone_weights` is "imagenet" (downloaded once by Keras) or the path of
-    a file that `keras.applications.VGG16(include_top=False)` loads. VGG's
-    biases are left out: the batch norm right after each convolution
-    subtracts any per-channel constant anyway.
+    a file that `keras.applications.VGG16(include_top=False)` loads. Our
+    encoder convolutions have no bias, so VGG's biases are left out: the
+    batch norm right after each convolution subtracts any per-channel
+    constant anyway.
     """
-    vgg16 = load_application("vgg16", backbone_weights)
-    for block, block_filters in enumerate(VGG16_BLOCKS, start=1):
-        for conv in range(1, len(block_filters) + 1):
-            name = f"block{block}_conv{conv}"
-            model.get_layer(name).kernel.assign(vgg16.get_layer(name).kernel)
-
-
-# --------------------------------------------------------------------------
-# Class balancing
-# --------------------------------------------------------------------------
+    copy_weights_by_name(load_application("vgg16", backbone_weights), model)
 
 
 # --------------------------------------------------------------------------
@@ -252,7 +246,7 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Train SegNet (Badrinarayanan et al. 2017) for semantic "
         "segmentation, with max-pooling indices.",
     )
@@ -273,12 +267,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--backbone-weights",
+        type=cli.backbone_weights,
+        default=argparse.SUPPRESS,  # Not given: the variant's default.
         metavar="imagenet|none|PATH",
         help="encoder initialisation for --variant vgg16: imagenet (downloaded "
         "once), none (random), or a keras.applications.VGG16(include_top=False) "
         "weights file (default: imagenet for vgg16, none for basic)",
     )
-    training.add_common_args(parser)
+    cli.add_training_args(parser)
     # The paper's recipe (Sec. 3.2): SGD, lr 0.1, momentum 0.9, batches of 12.
     parser.set_defaults(
         optimizer="sgd", learning_rate=0.1, momentum=0.9, batch_size=12, crop_size=360
@@ -288,11 +284,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
-    args = training.parse_known(parser, argv)
-    training.check_crop_size(parser, args.crop_size, any_input_size)
-    if args.backbone_weights is None:
-        args.backbone_weights = "imagenet" if args.variant == "vgg16" else "none"
-    if args.variant == "basic" and args.backbone_weights != "none":
+    args = cli.parse(parser, argv)
+    cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
+    if "backbone_weights" not in vars(args):  # The variant's default.
+        args.backbone_weights = "imagenet" if args.variant == "vgg16" else None
+    elif args.variant == "basic" and args.backbone_weights is not None:
         parser.error("--variant basic has no pretrained backbone; drop the flag.")
     return args
 
@@ -300,23 +296,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, f"segnet_{args.variant}")
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
     # The model first: a failed ImageNet download should not wait for the data.
-    backbone_weights = (
-        None if args.backbone_weights == "none" else args.backbone_weights
-    )
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_segnet(
             dataset.num_classes,
             variant=args.variant,
-            backbone_weights=backbone_weights,
+            backbone_weights=args.backbone_weights,
             upsampling=args.upsampling,
         )
-    train_ds, val_ds, steps = training.make_datasets(
-        args, dataset, valid_input_size=any_input_size
+    train_ds, val_ds, steps_per_epoch = training.make_datasets(
+        args, dataset, input_size_rule(args)
     )
-    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+
+    with strategy.scope():
+        iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
+        model.compile(
+            # Sec. 3.2: SGD with momentum 0.9 (the defaults of make_parser).
+            optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
+            # Cross-entropy, void ignored; --class-weighting median weighs each
+            # pixel by its class (the dataset's third element).
+            loss=segmentation_loss(),
+            metrics=[iou],
+            jit_compile=cli.JIT_COMPILE[args.jit_compile],
+        )
+
+    callbacks = training.make_callbacks(args, iou, dataset.class_names)
+    with training.resumable(args):  # Ctrl-C: says what is saved, how to resume.
+        history = training.fit(
+            model,
+            train_ds,
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=args.val_steps,
+            callbacks=callbacks,
+            sync_bn=args.sync_bn,
+        )
+        return training.save_results(model, args, dataset, val_ds, history, iou)
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

@@ -26,7 +26,7 @@ varied image sizes. Batch norm (not in the 2015 paper) is on by default and
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
@@ -34,8 +34,10 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 import keras
 from keras import layers
 
-from common import training, voc
+from common import cli, training, voc
 from common.layers import CropToMatch, conv_bn_relu
+from common.losses import segmentation_loss
+from common.metrics import ConfusionMatrix
 
 PAPER_FILTERS = (64, 128, 256, 512)
 
@@ -111,7 +113,7 @@ def valid_output_size(input_size: int, depth: int = 4) -> int | None:
     return size if size > 0 else None
 
 
-def valid_input_size(min_size: int, depth: int = 4) -> int:
+def valid_padding_input_size(min_size: int, depth: int = 4) -> int:
     """Smallest input >= `min_size` that the valid-padding U-Net accepts."""
     size = min_size
     while valid_output_size(size, depth) is None:
@@ -121,12 +123,12 @@ def valid_input_size(min_size: int, depth: int = 4) -> int:
 
 def label_margin(depth: int = 4) -> int:
     """Pixels the valid-padding U-Net loses on each side: 92 for depth 4."""
-    size = valid_input_size(8 * 2**depth, depth)
+    size = valid_padding_input_size(8 * 2**depth, depth)
     return (size - valid_output_size(size, depth)) // 2
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = training.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Train U-Net (Ronneberger et al. 2015) for semantic segmentation.",
     )
     model = parser.add_argument_group("model")
@@ -146,43 +148,46 @@ def make_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--filters",
-        type=training.positive_int,
+        type=cli.positive_int,
         nargs="+",
         default=list(PAPER_FILTERS),
         help="channels of each contracting level; the bottleneck has twice the last "
         "(default: 64 128 256 512 as in the paper; 16 32 64 128 for a quick CPU run)",
     )
-    training.add_common_args(parser)
-    training.describe_default(
+    cli.add_training_args(parser)
+    cli.describe_default(
         parser, "crop_size", "256 for --padding same, 572 (the paper's tile) for valid"
     )
     return parser
 
 
-def input_size_rule(args: argparse.Namespace):
-    """The sizes this U-Net takes: any multiple of 2^depth, or valid-padding tiles."""
+def input_size_rule(args: argparse.Namespace) -> Callable[[int], int]:
+    """The sizes this U-Net takes: any multiple of 2^depth, or valid-padding tiles.
+
+    Returns `rule(size)`, the smallest size >= `size` that the network takes.
+    """
     depth = len(args.filters)
     if args.padding == "valid":
-        return lambda size: valid_input_size(size, depth)
+        return lambda size: valid_padding_input_size(size, depth)
     return lambda size: voc.round_up(size, 2**depth)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
-    args = training.parse_known(parser, argv)
+    args = cli.parse(parser, argv)
     if args.crop_size is None:  # The paper's 572 tile for valid, else VOC-sized.
         args.crop_size = 572 if args.padding == "valid" else 256
-    training.check_crop_size(parser, args.crop_size, input_size_rule(args))
+    cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     strategy = training.set_up(args, "unet")
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
 
     margin = label_margin(len(args.filters)) if args.padding == "valid" else 0
-    train_ds, val_ds, steps = training.make_datasets(
+    train_ds, val_ds, steps_per_epoch = training.make_datasets(
         args, dataset, input_size_rule(args), label_margin=margin
     )
 
@@ -193,8 +198,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
             batch_norm=args.batch_norm,
             filters=args.filters,
         )
-    return training.fit_and_evaluate(model, args, dataset, train_ds, val_ds, steps)
+        iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
+        model.compile(
+            optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
+            loss=segmentation_loss(),  # Cross-entropy; void pixels (255) ignored.
+            metrics=[iou],
+            jit_compile=cli.JIT_COMPILE[args.jit_compile],
+        )
+
+    callbacks = training.make_callbacks(args, iou, dataset.class_names)
+    with training.resumable(args):  # Ctrl-C: says what is saved, how to resume.
+        history = training.fit(
+            model,
+            train_ds,
+            epochs=args.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=args.val_steps,
+            callbacks=callbacks,
+            sync_bn=args.sync_bn,
+        )
+        return training.save_results(model, args, dataset, val_ds, history, iou)
 
 
 if __name__ == "__main__":
-    training.run_cli(main)
+    cli.run_cli(main)

@@ -1,8 +1,8 @@
 """What the benchmarks share: the models they time, their crops, and memory.
 
 Each entry of `MODELS` builds one architecture at its script's default
-configuration for the 21 VOC classes; `SCRIPT_CROP` is that script's default
-`--crop-size` (its parser is the source of truth, and tests check they agree).
+configuration for the 21 VOC classes; `default_crop_size` asks that script's
+parser for its default `--crop-size`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 import keras
 import tensorflow as tf
 
+import deeplab_train
+import fcn_train
+import segnet_train
+import unet_train
 from deeplab_train import build_deeplab
 from fcn_train import build_fcn
 from segnet_train import build_segnet
@@ -30,13 +34,23 @@ MODELS: dict[str, Callable[[], keras.Model]] = {
     "deeplabv3plus_resnet50": lambda: build_deeplab(NUM_CLASSES, "v3plus", "resnet50"),
     "deeplabv3_mobilenetv2": lambda: build_deeplab(NUM_CLASSES, "v3", "mobilenetv2"),
 }
-SCRIPT_CROP = {
-    "fcn8s": 320,
-    "unet": 256,
-    "segnet": 360,
-    "deeplabv3plus_resnet50": 512,
-    "deeplabv3_mobilenetv2": 512,
+# The script that trains each model, and its flags for that configuration.
+SCRIPTS = {
+    "fcn8s": (fcn_train, ["--variant", "8s"]),
+    "unet": (unet_train, []),
+    "segnet": (segnet_train, []),
+    "deeplabv3plus_resnet50": (deeplab_train, ["--variant", "v3plus"]),
+    "deeplabv3_mobilenetv2": (
+        deeplab_train,
+        ["--variant", "v3", "--backbone", "mobilenetv2"],
+    ),
 }
+
+
+def default_crop_size(name: str) -> int:
+    """The `--crop-size` that the model's script trains with by default."""
+    script, argv = SCRIPTS[name]
+    return script.parse_args(argv).crop_size
 
 
 def add_models_arg(parser: argparse.ArgumentParser) -> None:

@@ -29,8 +29,8 @@ import tensorflow as tf  # noqa: E402
 
 from bench.harness import (  # noqa: E402
     MODELS,
-    SCRIPT_CROP,
     add_models_arg,
+    default_crop_size,
     device_name,
     in_fresh_process,
     peak_memory_mb,
@@ -111,14 +111,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def measure(name: str, data_dir: str, args: argparse.Namespace) -> dict:
     """Pipeline alone, fit on a batch in memory, fit on the pipeline: one model."""
-    crop_size = args.crop_size or SCRIPT_CROP[name]
+    crop_size = args.crop_size or default_crop_size(name)
     dataset = make_dataset(
         data_dir,
         "train",
         args.batch_size,
         crop_size,
         training=True,
-        valid_input_size=lambda size: size,  # Each script's default crop fits it.
+        input_size_rule=lambda size: size,  # Each script's default crop fits it.
     )
     pipeline_seconds = time_pipeline(dataset, args.batches, warmup=2)
     keras.utils.set_random_seed(0)

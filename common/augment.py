@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-IGNORE_LABEL = 255
-# ImageNet mean RGB on the [0, 255] scale: padded pixels look "average", and
-# after each model's own normalisation they are close to zero.
-IMAGE_MEAN = (123.675, 116.28, 103.53)
+from common.constants import IGNORE_LABEL, IMAGE_MEAN
 
 
 def pad_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from common.voc import InputError
+from common.errors import InputError
 
 APPLICATIONS = {"vgg16": "VGG16", "resnet50": "ResNet50", "mobilenetv2": "MobileNetV2"}
 
@@ -34,3 +34,32 @@ def load_application(
             "with --backbone-weights PATH, or train from random weights with "
             "--backbone-weights none."
         ) from error
+
+
+def copy_weights_by_name(source: keras.Model, target: keras.Model) -> list[str]:
+    """Copy weights into every `target` layer whose namesake in `source` fits.
+
+    Our backbones carry the layer names of `keras.applications` (and a trained
+    run carries its own), so pretrained weights move across by name: a layer
+    is copied when `source` has a layer of the same name holding each of its
+    variables (same variable name, same shape). A convolution without a bias
+    takes only the kernel of a namesake with one. Layers whose namesake has
+    other shapes (a classifier for another number of classes) keep their
+    initialisation. Returns the names of the copied layers.
+    """
+    source_layers = {layer.name: layer for layer in source.layers if layer.weights}
+    copied = []
+    for layer in target.layers:
+        match = source_layers.get(layer.name)
+        if match is None or not layer.weights:
+            continue
+        available = {variable.name: variable for variable in match.weights}
+        pairs = [(variable, available.get(variable.name)) for variable in layer.weights]
+        if all(
+            found is not None and tuple(found.shape) == tuple(variable.shape)
+            for variable, found in pairs
+        ):
+            for variable, found in pairs:
+                variable.assign(found)
+            copied.append(layer.name)
+    return copied

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.ndimage
 import tensorflow as tf
 
-from common.voc import InputError
+from common.errors import InputError
 
 # DeepLab's dense-CRF settings for PASCAL VOC 2012. The papers fix w2 = 3, sg = 3
 # and 10 mean-field iterations, and cross-validate w1, sa and sb on 100 val images

@@ -20,7 +20,7 @@ import os
 import keras
 import tensorflow as tf
 
-from common.voc import InputError
+from common.errors import InputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 

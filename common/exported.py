@@ -23,7 +23,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from common.voc import InputError
+from common.errors import InputError
 
 INSTALL_HINT = "pip install -r requirements-export.txt"
 METADATA_FILE = "export.json"

@@ -5,13 +5,11 @@ network sees each image padded at the bottom/right with the dataset mean to a
 multiple of `size_divisor`, exactly as in validation during training
 (`common.voc.make_dataset`), and the padding is cropped off the output. Both
 scripts read the training run's settings from the `results.json` beside the
-model (`run_dataset`).
+model (`common.results.read_run`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,14 +18,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common import layers  # noqa: F401  (registers the custom layers for loading)
 from common.augment import pad_image
-from common.voc import InputError, round_up
+from common.errors import InputError
+from common.voc import round_up
 
 
 def load_model(path: str) -> keras.Model:
-    """Load a `.keras` model saved by any training script of this project."""
-    import common.layers  # noqa: F401  (registers the project's custom layers)
+    """Load a `.keras` model saved by any training script of this project.
 
+    Importing `common.layers` (above) registers the project's custom layers,
+    so Keras can rebuild them from the file.
+    """
     return keras.models.load_model(path, compile=False)
 
 
@@ -111,24 +113,6 @@ def parse_scales(text: str) -> tuple[float, ...]:
 def to_numpy_labels(probabilities: tf.Tensor) -> np.ndarray:
     """Class index per pixel, uint8 `(H, W)`."""
     return np.argmax(np.asarray(probabilities), axis=-1).astype(np.uint8)
-
-
-def run_dataset(model_path: str) -> tuple[dict | None, str]:
-    """The `dataset` entry of the training run's results.json beside the model.
-
-    Training writes it (name, data_dir, layout, class_names, ignore_index,
-    train_split, val_split) so that evaluate.py and predict.py need no data
-    flags. Returns `(None, path)` for runs saved before it existed, or with no
-    results.json at all; also returns the results.json path, for messages.
-    """
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "results.json")
-    if not os.path.isfile(path):
-        return None, path
-    try:
-        with open(path) as f:
-            return json.load(f).get("dataset"), path
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read it as JSON ({error}).") from None
 
 
 def with_progress(items: Iterable, total: int, unit: str = "image") -> Iterator:

@@ -7,6 +7,14 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+# Momentum of the moving mean and variance of every batch norm layer that a
+# script trains: `moving = momentum * moving + (1 - momentum) * batch`. With
+# Keras' 0.99 (0.999 in keras.applications' MobileNetV2), after 300 steps the
+# initial statistics still weigh 0.999**300 = 74%, so a net trained from
+# scratch validates with statistics of the untrained net and predicts one
+# class everywhere; with 0.9 the average spans the last ~10 batches and
+# follows the weights as they change. Each script passes it where it builds
+# its batch norm layers; nothing rewrites it afterwards.
 BN_MOMENTUM = 0.9
 
 
@@ -81,9 +89,9 @@ def conv_bn_relu(
 
     With batch norm the convolution has no bias: BN's own offset (beta) would
     cancel it, so it would only add parameters. BN's moving statistics use
-    momentum 0.9 (Keras' default is 0.99): with 0.99 they still remember their
-    initial values after a few hundred steps, so a short run validates far
-    worse than it trains.
+    `BN_MOMENTUM` (0.9; Keras' default 0.99 still remembers the initial values
+    after a few hundred steps, so a short run validates far worse than it
+    trains).
     """
     conv = AtrousConv2D if dilation_rate > 1 else layers.Conv2D
     x = conv(
@@ -127,29 +135,6 @@ def synchronize_batch_norm(model: keras.Model) -> int:
     return len(batch_norms)
 
 
-def speed_up_batch_norm_statistics(
-    model: keras.Model, momentum: float = BN_MOMENTUM
-) -> list[float]:
-    """Lower the moving-average momentum of every trained BN layer to `momentum`.
-
-    Inference uses BN's moving mean and variance, updated each step as
-    `moving = momentum * moving + (1 - momentum) * batch`. keras.applications'
-    backbones use 0.99 (ResNet-50) and 0.999 (MobileNetV2): after n steps the
-    initial statistics still weigh momentum**n, which for 0.999 is 74% after
-    300 steps. A network trained from scratch then validates with statistics
-    of the untrained net and predicts one class everywhere. With 0.9 the
-    average spans the last ~10 batches, so it follows the weights as they
-    change. Frozen layers keep their (ImageNet) statistics and are skipped.
-    Returns the momenta that were replaced, one per changed layer.
-    """
-    replaced = []
-    for layer in batch_norm_layers(model):
-        if layer.trainable and layer.momentum > momentum:
-            replaced.append(layer.momentum)
-            layer.momentum = momentum
-    return replaced
-
-
 # VGG-16's ImageNet mean pixel in BGR order (keras.applications.vgg16).
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -177,6 +162,24 @@ class CaffeNormalization(layers.Layer):
         return {**super().get_config(), "mean_bgr": self.mean_bgr}
 
 
+def pad_to_multiple(images, multiple: int):
+    """Zero-pad `(B, H, W, C)` at the bottom and right to multiples of `multiple`.
+
+    Works on sizes known only at run time, and in the graphs that the ONNX and
+    LiteRT exporters convert (`export.py`'s serving model pads with it too).
+    """
+    height, width = ops.shape(images)[1], ops.shape(images)[2]
+    # (m - h % m) % m, not (-h) % m: tf2onnx gets a negative modulo wrong.
+    pad_height = (multiple - height % multiple) % multiple
+    pad_width = (multiple - width % multiple) % multiple
+    padded = ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+    # Run-time paddings hide the channels from the LiteRT converter's shape
+    # inference, and it cannot convert a Conv2D without them: restate them.
+    shape = ops.shape(padded)
+    channels = images.shape[-1] or shape[3]
+    return ops.reshape(padded, (-1, shape[1], shape[2], channels))
+
+
 @keras.saving.register_keras_serializable(package="segmentation")
 class PadToMultiple(layers.Layer):
     """Zero-pad `(B, H, W, C)` at the bottom and right to multiples of `multiple`.
@@ -192,15 +195,7 @@ class PadToMultiple(layers.Layer):
         self.multiple = multiple
 
     def call(self, images):
-        height, width = ops.shape(images)[1], ops.shape(images)[2]
-        pad_height = (-height) % self.multiple
-        pad_width = (-width) % self.multiple
-        padded = ops.pad(images, [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
-        # Run-time paddings hide the channels from the LiteRT converter's shape
-        # inference, and it cannot convert a Conv2D without them: restate them.
-        shape = ops.shape(padded)
-        channels = images.shape[-1] or shape[3]
-        return ops.reshape(padded, (-1, shape[1], shape[2], channels))
+        return pad_to_multiple(images, self.multiple)
 
     def compute_output_shape(self, input_shape):
         def padded(size):
@@ -464,7 +459,8 @@ def separable_conv_bn(
     depthwise -> BN -> ReLU -> pointwise -> BN -> ReLU. `relu_inside=False` is
     the pre-activation form inside the Xception backbone's residual units
     (Chollet 2017, Fig. 5): ReLU -> depthwise -> BN -> pointwise -> BN, the
-    residual sum coming after the last BN. Layer names are `{name}_depthwise`,
+    residual sum coming after the last BN. Both BN layers use `BN_MOMENTUM`.
+    Layer names are `{name}_depthwise`,
     `{name}_depthwise_BN`, `{name}_pointwise`, `{name}_pointwise_BN`, as in
     the Keras ports of the DeepLab model zoo.
     """
@@ -478,7 +474,9 @@ def separable_conv_bn(
         use_bias=False,
         name=f"{name}_depthwise",
     )(x)
-    x = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_depthwise_BN")(x)
+    x = layers.BatchNormalization(
+        epsilon=epsilon, momentum=BN_MOMENTUM, name=f"{name}_depthwise_BN"
+    )(x)
     if relu_inside:
         x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
     x = layers.Conv2D(
@@ -488,7 +486,9 @@ def separable_conv_bn(
         kernel_initializer="he_normal",
         name=f"{name}_pointwise",
     )(x)
-    x = layers.BatchNormalization(epsilon=epsilon, name=f"{name}_pointwise_BN")(x)
+    x = layers.BatchNormalization(
+        epsilon=epsilon, momentum=BN_MOMENTUM, name=f"{name}_pointwise_BN"
+    )(x)
     if relu_inside:
         x = layers.ReLU(name=f"{name}_pointwise_relu")(x)
     return x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from common.voc import IGNORE_LABEL
+from common.constants import IGNORE_LABEL
 
 
 def segmentation_loss(reduction: str = "sum_over_batch_size") -> keras.losses.Loss:

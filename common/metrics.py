@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common.voc import IGNORE_LABEL
+from common.constants import IGNORE_LABEL
 
 
 class ConfusionMatrix(keras.metrics.Metric):
@@ -128,6 +128,30 @@ def iou_table(matrix, class_names: Sequence[str]) -> str:
         f"{float(pixel_accuracy(matrix)):.1%}"
     )
     return "\n".join(lines)
+
+
+class IoUReport(keras.callbacks.Callback):
+    """After each validation, print per-class IoU and log pixel accuracy.
+
+    A high pixel accuracy with every object class at 0% IoU means the model
+    predicts background everywhere; the table makes that impossible to miss.
+    `metric` is the `ConfusionMatrix` the model was compiled with: at the end
+    of an epoch it holds the validation counts.
+    """
+
+    def __init__(self, metric: ConfusionMatrix, class_names: Sequence[str]):
+        super().__init__()
+        self.metric = metric
+        self.class_names = class_names
+
+    def on_epoch_end(self, epoch, logs=None):
+        matrix = self.metric.matrix.numpy()
+        print(
+            f"\nValidation after epoch {epoch + 1}:\n"
+            f"{iou_table(matrix, self.class_names)}"
+        )
+        if logs is not None:
+            logs["val_pixel_accuracy"] = float(pixel_accuracy(matrix))
 
 
 def label_boundaries(labels: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Several machines: a custom training loop on `MultiWorkerMirroredStrategy`.
 
 Keras 3's `model.fit` fails under that strategy (keras-team/keras#20585), so
-`training.fit_and_evaluate` hands `--strategy multiworker` runs to
-`fit_and_evaluate` below; every other strategy trains with `fit`. The loop
-keeps fit's recipe and outputs:
+`training.fit` hands `--strategy multiworker` runs to `fit` below, with the
+same arguments; every other strategy trains with Keras' `fit`. The loop keeps
+fit's recipe and outputs:
 
 - Every worker runs every step on its slice of the global batch
   (`strategy.run`). The loss is the cross-entropy averaged over the non-void
@@ -16,17 +16,18 @@ keeps fit's recipe and outputs:
   statistics drift apart.
 - The validation confusion matrix is summed over workers, so all agree on the
   mean IoU; the chief alone writes the outputs (`best.keras`, `history.csv`,
-  TensorBoard, `results.json`, plots) with fit's own callbacks.
+  TensorBoard) with fit's own callbacks, and `training.save_results` writes
+  `results.json` and the plots from the best epoch this loop kept.
 - Resume: after each epoch every worker saves a checkpoint (saving involves
   all workers, so one that skipped it would stall the others): the chief in
-  `OUTPUT_DIR/backup`, the others in a temporary folder they delete at once.
-  Rerunning the same commands restores the chief's checkpoint and sends its
-  values to the other workers, so only the chief's `--output-dir` matters.
+  the folder of fit's `BackupAndRestore` callback, which this checkpoint
+  replaces, the others in a temporary folder they delete at once. Rerunning
+  the same commands restores the chief's checkpoint and sends its values to
+  the other workers, so only the chief's `--output-dir` matters.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import shutil
@@ -36,39 +37,67 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import console, distribute, training, voc
+from common import console, distribute
+from common.constants import IGNORE_LABEL
 from common.losses import segmentation_loss
-from common.metrics import ConfusionMatrix, confusion_counts, iou_table, mean_iou
+from common.metrics import (
+    ConfusionMatrix,
+    IoUReport,
+    confusion_counts,
+    mean_iou,
+)
+
+# Callbacks that write files or print tables: the chief's alone.
+CHIEF_ONLY = (
+    keras.callbacks.ModelCheckpoint,
+    keras.callbacks.CSVLogger,
+    keras.callbacks.TensorBoard,
+    IoUReport,
+)
 
 
-def fit_and_evaluate(
+class LoopHistory(keras.callbacks.History):
+    """fit's `History`, plus the best epoch's validation, which replaces a final
+    evaluation (the chief alone holds best.keras)."""
+
+    best_matrix: np.ndarray
+    best_val_loss: float
+
+
+def fit(
     model: keras.Model,
-    args: argparse.Namespace,
-    dataset: voc.DatasetSpec,
     train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
+    *,
+    epochs: int,
     steps_per_epoch: int,
-) -> dict:
-    """Train a model built and compiled under the strategy; the chief writes outputs.
+    validation_data: tf.data.Dataset,
+    validation_steps: int | None,
+    callbacks: list[keras.callbacks.Callback],
+) -> LoopHistory:
+    """Train a model built and compiled under the strategy, as `model.fit` would.
 
-    Returns the same results dict as `training.fit_and_evaluate`, on every worker.
+    `callbacks` are fit's: the chief runs them all but `BackupAndRestore`
+    (this loop's checkpoint goes into its folder instead); the other workers
+    run only those that write nothing.
     """
-    if args.jit_compile == "on":
-        raise voc.InputError(
-            "--jit-compile on: the multi-worker loop does not use XLA; drop the flag."
-        )
     strategy = model.distribute_strategy
+    num_classes = model.output_shape[-1]
     chief = distribute.is_chief(strategy)
-    print(worker_description(strategy, chief, args.output_dir))
-    train_step, val_step = make_step_functions(model, dataset.num_classes)
+    backup = next(
+        callback
+        for callback in callbacks
+        if isinstance(callback, keras.callbacks.BackupAndRestore)
+    )
+    backup_dir = backup.backup_dir
+    print(worker_description(strategy, chief, os.path.dirname(backup_dir)))
+    train_step, val_step = make_step_functions(model, num_classes)
     train_batches = iter(distribute_dataset(strategy, train_ds))
-    val_batches = distribute_dataset(strategy, val_ds)
+    val_batches = distribute_dataset(strategy, validation_data)
 
-    state = TrainingState(dataset.num_classes)
+    state = TrainingState(num_classes)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=model.optimizer, **state.variables()
     )
-    backup_dir = os.path.join(args.output_dir, "backup")
     manager = tf.train.CheckpointManager(
         checkpoint, backup_dir if chief else tempfile.mkdtemp(), max_to_keep=1
     )
@@ -83,50 +112,35 @@ def fit_and_evaluate(
     if start_epoch:
         print(f"Resuming after epoch {start_epoch} (the chief's {backup_dir})")
 
-    history = keras.callbacks.History()
-    timer = training.StepTimer()
-    report_metric = ConfusionMatrix(dataset.num_classes)  # For IoUReport, on chief.
+    history = LoopHistory()
+    report_metric = ConfusionMatrix(num_classes)  # For IoUReport, on the chief.
     callbacks = keras.callbacks.CallbackList(
-        [history, timer, *worker_callbacks(args, dataset, chief, report_metric)],
+        [history, *worker_callbacks(callbacks, chief, report_metric)],
         add_progbar=chief,
         model=model,
         verbose=console.progress_verbosity(),
-        epochs=args.epochs,
+        epochs=epochs,
         steps=steps_per_epoch,
     )
     model.stop_training = False  # TerminateOnNaN sets it, on every worker alike.
     callbacks.on_train_begin()
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            callbacks.on_epoch_begin(epoch)
-            logs = train_epoch(train_step, train_batches, steps_per_epoch, callbacks)
-            val_loss, val_matrix = validate(val_step, val_batches, args.val_steps)
-            logs.update(val_loss=val_loss, val_mean_iou=float(mean_iou(val_matrix)))
-            state.end_epoch(epoch, logs["val_mean_iou"], val_loss, val_matrix)
-            save_checkpoint(manager, chief)  # Before the outputs, as fit does.
-            report_metric.matrix.assign(val_matrix)
-            callbacks.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    except tf.errors.InvalidArgumentError as error:
-        training._raise_data_error(error, args)
+    for epoch in range(start_epoch, epochs):
+        callbacks.on_epoch_begin(epoch)
+        logs = train_epoch(train_step, train_batches, steps_per_epoch, callbacks)
+        val_loss, val_matrix = validate(val_step, val_batches, validation_steps)
+        logs.update(val_loss=val_loss, val_mean_iou=float(mean_iou(val_matrix)))
+        state.end_epoch(epoch, logs["val_mean_iou"], val_loss, val_matrix)
+        save_checkpoint(manager, chief)  # Before the outputs, as fit does.
+        report_metric.matrix.assign(val_matrix)
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
     callbacks.on_train_end()
-
-    matrix = state.best_matrix.numpy()
-    results = training._results(
-        matrix, dataset, args, {"loss": state.best_val_loss.numpy()}, history
-    )
-    results["optimizer_steps"] = int(model.optimizer.iterations.numpy())
-    results["train_ms_per_step"] = timer.median_ms()
-    if chief:
-        table = iou_table(matrix, dataset.class_names)
-        print(f"\nBest model on {args.val_split}:\n{table}")
-        best = one_device_model(model, os.path.join(args.output_dir, "best.keras"))
-        training._write_outputs(best, args, dataset, val_ds, results)
-        shutil.rmtree(backup_dir, ignore_errors=True)  # Finished: nothing to resume.
-    else:
-        shutil.rmtree(manager.directory, ignore_errors=True)
-    return results
+    # Finished: nothing to resume (fit's BackupAndRestore deletes its folder too).
+    shutil.rmtree(manager.directory, ignore_errors=True)
+    history.best_matrix = state.best_matrix.numpy()
+    history.best_val_loss = float(state.best_val_loss.numpy())
+    return history
 
 
 def worker_description(
@@ -173,7 +187,7 @@ def make_step_functions(model: keras.Model, num_classes: int):
         Summed over workers, the parts give exactly Keras' loss on the whole
         global batch on one device: sum(weight * cross-entropy) / non-void pixels.
         """
-        pixels = tf.reduce_sum(tf.cast(masks != voc.IGNORE_LABEL, tf.float32))
+        pixels = tf.reduce_sum(tf.cast(masks != IGNORE_LABEL, tf.float32))
         context = tf.distribute.get_replica_context()
         all_pixels = context.all_reduce(tf.distribute.ReduceOp.SUM, pixels)
         loss = loss_sum(masks, logits, sample_weight=weights)
@@ -309,23 +323,28 @@ def save_checkpoint(manager: tf.train.CheckpointManager, chief: bool) -> None:
 
 
 def worker_callbacks(
-    args: argparse.Namespace,
-    dataset: voc.DatasetSpec,
+    callbacks: list[keras.callbacks.Callback],
     chief: bool,
-    metric: ConfusionMatrix,
+    report_metric: ConfusionMatrix,
 ) -> list[keras.callbacks.Callback]:
-    """The chief: fit's callbacks, which write the outputs; the others: none.
+    """fit's callbacks as this worker runs them in the loop.
 
-    BackupAndRestore works only inside `fit`: the checkpoint of this loop
-    replaces it. The other workers keep TerminateOnNaN, so all stop together.
+    `BackupAndRestore` works only inside `fit`: the loop's checkpoint
+    replaces it. The chief's IoU table reads `report_metric`, which the loop
+    fills with the validation counts summed over workers. The other workers
+    keep only what writes nothing (TerminateOnNaN, so that all stop together,
+    and the step timer).
     """
-    if not chief:
-        return [keras.callbacks.TerminateOnNaN()]
-    return [
-        callback
-        for callback in training.make_callbacks(args, metric, dataset.class_names)
-        if not isinstance(callback, keras.callbacks.BackupAndRestore)
-    ]
+    kept = []
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            continue
+        if isinstance(callback, CHIEF_ONLY) and not chief:
+            continue
+        if isinstance(callback, IoUReport):
+            callback = IoUReport(report_metric, callback.class_names)
+        kept.append(callback)
+    return kept
 
 
 def one_device_model(model: keras.Model, best_path: str) -> keras.Model:

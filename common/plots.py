@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from common.voc import IGNORE_LABEL, VOID_COLOR, voc_colormap  # noqa: E402
+from common.constants import IGNORE_LABEL  # noqa: E402
+from common.voc import VOID_COLOR, voc_colormap  # noqa: E402
 
 COLORMAP = voc_colormap()  # 256 colours: VOC's 21 first, index 255 = void.
 

@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from common.voc import IGNORE_LABEL, voc_colormap
+from common.constants import IGNORE_LABEL
+from common.voc import voc_colormap
 
 SHAPES_CLASSES = ("background", "circle", "square", "triangle", "star", "cross")
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "shapes")

@@ -16,9 +16,9 @@ the U-Net paper's ISBI membrane data) are read with `mask_values="binary"`
 (`--mask-values binary`). By default 255 means void, so such a mask would be
 almost all void; `check_mask_values` stops with an error before that happens.
 
-    python -m common.voc verify data/VOCdevkit/VOC2012 --split train
+    python -m common.cli verify data/VOCdevkit/VOC2012 --split train
 
-checks a whole dataset and prints the class pixel frequencies.
+checks a whole dataset (`verify` below) and prints the class pixel frequencies.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import tensorflow as tf
 from PIL import Image
 
 from common import augment
-from common.augment import IGNORE_LABEL  # 255 = void: never trained, never scored.
+from common.constants import IGNORE_LABEL
+from common.errors import DatasetError
 
 VOC_CLASSES = (
     "background",
@@ -73,6 +74,7 @@ CAMVID_CLASSES = (
     "bicyclist",
 )
 CAMVID_VOID = 11
+VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
 CAMVID_DIR = os.path.join("data", "CamVid")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 # How a single-channel mask's grey values map to classes: "index" (the value is
@@ -84,18 +86,6 @@ DOWNLOAD_HINT = (
     "at the folder that holds JPEGImages/, or try the built-in data with "
     "--dataset shapes."
 )
-
-
-class InputError(ValueError):
-    """A problem with what the user gave us (a file, folder or flag value).
-
-    The message names it and says what to do; scripts print it without a
-    traceback (`common.training.run_cli`).
-    """
-
-
-class DatasetError(InputError):
-    """Bad data on disk, or a data flag that cannot work with it."""
 
 
 def voc_colormap(num_colors: int = 256) -> np.ndarray:
@@ -509,7 +499,7 @@ def make_dataset(
     num_classes: int = len(VOC_CLASSES),
     ignore_index: int = IGNORE_LABEL,
     scale_range: tuple[float, float] = (0.5, 2.0),
-    valid_input_size: Callable[[int], int] = round_up,
+    input_size_rule: Callable[[int], int] = round_up,
     label_margin: int = 0,
     class_weights: Sequence[float] | None = None,
     mask_values: str | None = None,
@@ -531,8 +521,9 @@ def make_dataset(
     Evaluation (`training=False`): every pixel of every image is scored at its
     original resolution. All images are padded at the bottom and right to one
     fixed size (the largest image of the split, rounded up by
-    `valid_input_size`), the image with the dataset mean and the mask with 255,
-    so the padding is never scored and one compiled graph serves the whole split.
+    `input_size_rule` to a size the network takes), the image with the
+    dataset mean and the mask with 255, so the padding is never scored and one
+    compiled graph serves the whole split.
 
     `label_margin` is for networks whose output is smaller than their input
     (U-Net with valid convolutions): masks are centre-cropped by that many
@@ -552,7 +543,7 @@ def make_dataset(
         return load_pair(image_path, mask_path, num_classes, ignore_index, mask_values)
 
     if training:
-        _check_crop_size(crop_size, valid_input_size)
+        check_crop_size(crop_size, input_size_rule)
         dataset = _training_examples(files, load, cache, seed)
         dataset = dataset.map(
             lambda example, seeds: augment.random_scale_crop_flip(
@@ -569,7 +560,7 @@ def make_dataset(
         dataset = files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
         if cache:
             dataset = dataset.cache()
-        input_size = _eval_input_size(sizes, valid_input_size, label_margin)
+        input_size = _eval_input_size(sizes, input_size_rule, label_margin)
         dataset = dataset.map(
             lambda image, mask: augment.pad_for_evaluation(
                 image, mask, input_size, label_margin
@@ -588,11 +579,32 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _check_crop_size(crop_size: int, valid_input_size: Callable[[int], int]) -> None:
-    if valid_input_size(crop_size) != crop_size:
+def remove_padding(
+    arrays: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]], margin: int = 0
+) -> list[np.ndarray]:
+    """Undo the evaluation padding: each array's original `(h, w)` pixels again.
+
+    Evaluation batches pad every image at the bottom and right (and, for a
+    network with a `label_margin`, mirror it outwards by that margin first), so
+    a picture of an image, its mask or its prediction crops them back.
+    `sizes` are the images' own sizes, as `image_sizes` returns them.
+    """
+    return [
+        array[margin : margin + height, margin : margin + width]
+        for array, (height, width) in zip(arrays, sizes)
+    ]
+
+
+def check_crop_size(crop_size: int, input_size_rule: Callable[[int], int]) -> None:
+    """Refuse a training crop the network cannot take, naming the nearest it can.
+
+    `input_size_rule(size)` is the smallest size >= `size` that the network
+    takes (each training script defines its own `input_size_rule`).
+    """
+    if input_size_rule(crop_size) != crop_size:
         raise DatasetError(
-            f"--crop-size {crop_size} is not an input size this network accepts; "
-            f"use {valid_input_size(crop_size)}."
+            f"--crop-size {crop_size}: this network cannot take {crop_size} pixels; "
+            f"the nearest size it takes is {input_size_rule(crop_size)}"
         )
 
 
@@ -615,7 +627,7 @@ def _training_examples(files, load, cache: bool, seed: int) -> tf.data.Dataset:
 
 def _eval_input_size(
     sizes: Sequence[tuple[int, int]],
-    valid_input_size: Callable[[int], int],
+    input_size_rule: Callable[[int], int],
     label_margin: int,
 ) -> tuple[int, int]:
     smallest = min(min(size) for size in sizes)
@@ -627,8 +639,8 @@ def _eval_input_size(
     max_height = max(height for height, _ in sizes)
     max_width = max(width for _, width in sizes)
     return (
-        valid_input_size(max_height + 2 * label_margin),
-        valid_input_size(max_width + 2 * label_margin),
+        input_size_rule(max_height + 2 * label_margin),
+        input_size_rule(max_width + 2 * label_margin),
     )
 
 
@@ -712,43 +724,3 @@ def verify(
     for name, count in zip(class_names, counts):
         print(f"{name:<16}{count:>14,}{count / total:>9.2%}")
     return counts
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m common.voc verify`, with the training scripts' data flags."""
-    from common import training  # Its shared flags; it imports this module.
-
-    parser = training.ArgumentParser(
-        prog="python -m common.voc",
-        description="Check every file of a split (readable, sizes matching, labels "
-        "in range) and print its class frequencies.",
-    )
-    parser.add_argument("command", choices=["verify"], help="what to do")
-    parser.add_argument(
-        "folder",
-        nargs="?",
-        help="dataset folder, same as --data-dir (default: the --dataset's)",
-    )
-    parser.add_argument(
-        "--split", default="train", help="split to check (default: %(default)s)"
-    )
-    training.add_dataset_args(parser)
-    args = parser.parse_args(argv)
-    args.data_dir = args.folder or args.data_dir
-    try:
-        dataset = training.resolve_dataset(args)
-        verify(
-            dataset.data_dir,
-            args.split,
-            dataset.num_classes,
-            dataset.class_names,
-            dataset.layout,
-            dataset.ignore_index,
-            dataset.mask_values,
-        )
-    except InputError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -44,6 +44,7 @@ import tensorflow as tf
 from PIL import Image
 
 from common import shapes, voc
+from common.constants import IGNORE_LABEL
 from common.losses import segmentation_loss
 from common.plots import colorize, legend_handles
 
@@ -137,7 +138,7 @@ for index in np.unique(pil_indices):
 # borders.
 
 # %%
-swatches = list(range(NUM_CLASSES)) + [voc.IGNORE_LABEL]
+swatches = list(range(NUM_CLASSES)) + [IGNORE_LABEL]
 figure, axis = plt.subplots(figsize=(10, 1.6))
 axis.imshow(colorize(np.array([swatches])), aspect="auto")
 axis.set_xticks(range(len(swatches)))
@@ -184,7 +185,7 @@ axes[0].set_title(os.path.basename(image_path))
 axes[1].imshow(colorize(decoded), interpolation="nearest")
 axes[1].set_title("mask, drawn with the palette")
 shown = axes[2].imshow(
-    np.where(decoded == voc.IGNORE_LABEL, -1, decoded.astype(int)), cmap="gray", vmin=-1
+    np.where(decoded == IGNORE_LABEL, -1, decoded.astype(int)), cmap="gray", vmin=-1
 )
 axes[2].set_title("class indices (void shown as -1)")
 figure.colorbar(shown, ax=axes[2], fraction=0.046)
@@ -212,11 +213,11 @@ plt.show()
 # does.
 
 # %%
-void_share = np.mean(decoded == voc.IGNORE_LABEL)
+void_share = np.mean(decoded == IGNORE_LABEL)
 print(f"void pixels in this mask: {void_share:.1%}")
 
 loss = segmentation_loss()
-labels = np.array([[[0, voc.IGNORE_LABEL]]])  # One image, 1 x 2 pixels.
+labels = np.array([[[0, IGNORE_LABEL]]])  # One image, 1 x 2 pixels.
 logits = np.zeros((1, 1, 2, NUM_CLASSES), np.float32)
 base = float(loss(labels, logits))
 on_void, on_labelled = logits.copy(), logits.copy()
@@ -313,4 +314,4 @@ show_batch(images.numpy(), masks.numpy(), "After augmentation (scale, crop, flip
 # model of the next notebooks gets; `01_fcn` starts with the first of them.
 #
 # To check a whole dataset from the command line:
-# `python -m common.voc verify data/VOCdevkit/VOC2012 --split train`.
+# `python -m common.cli verify data/VOCdevkit/VOC2012 --split train`.

@@ -303,12 +303,11 @@ for variant in fcn_train.VARIANTS:
     model = load_model(os.path.join(OUTPUT_DIR, variant, "best.keras"))
     predictions[variant] = np.argmax(model.predict(images, verbose=0), axis=-1)
 
-crops = [(slice(0, height), slice(0, width)) for height, width in sizes]
 compare_predictions(
-    [image[crop] for image, crop in zip(images, crops)],  # Padding dropped.
-    [mask[crop] for mask, crop in zip(masks, crops)],
+    voc.remove_padding(images, sizes),  # Each image at its own size again.
+    voc.remove_padding(masks, sizes),
     {
-        f"FCN-{variant}": [p[crop] for p, crop in zip(predictions[variant], crops)]
+        f"FCN-{variant}": voc.remove_padding(predictions[variant], sizes)
         for variant in fcn_train.VARIANTS
     },
     CLASS_NAMES,

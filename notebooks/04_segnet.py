@@ -229,17 +229,14 @@ val_ds = voc.make_dataset(
     max_images=len(val_pairs),
 )
 images, masks = (tensor.numpy() for tensor in next(iter(val_ds)))
-crops = [(slice(0, height), slice(0, width)) for height, width in sizes]
 predictions = {}
 for upsampling in ("indices", "nearest"):
     model = load_model(os.path.join(OUTPUT_DIR, upsampling, "best.keras"))
     labels = np.argmax(model.predict(images, verbose=0), axis=-1)
-    predictions[f"SegNet-Basic, {upsampling}"] = [
-        label[crop] for label, crop in zip(labels, crops)
-    ]
+    predictions[f"SegNet-Basic, {upsampling}"] = voc.remove_padding(labels, sizes)
 compare_predictions(
-    [image[crop] for image, crop in zip(images, crops)],  # Padding dropped.
-    [mask[crop] for mask, crop in zip(masks, crops)],
+    voc.remove_padding(images, sizes),  # Each image at its own size again.
+    voc.remove_padding(masks, sizes),
     predictions,
     CLASS_NAMES,
     title=f"Unpooling with indices vs UpSampling2D, {EPOCHS} epoch(s) each",

@@ -11,10 +11,10 @@ from PIL import Image
 
 import evaluate
 import unet_train
-from common import training, voc
+from common import cli
+from common.constants import IGNORE_LABEL
+from common.errors import DatasetError
 from common.voc import (
-    IGNORE_LABEL,
-    DatasetError,
     check_mask_values,
     class_pixel_counts,
     decode_binary_mask,
@@ -145,8 +145,8 @@ def test_class_counts_and_verify_read_binary_masks(tmp_path, capsys):
     argv = [data_dir, "--dataset", "folder", "--num-classes", "2"]
     argv += ["--class-names", "membrane", "cell"]
     with pytest.raises(SystemExit, match="holds only 0 and 255"):
-        voc.main(["verify", *argv])
-    voc.main(["verify", *argv, "--mask-values", "binary"])
+        cli.verify_main(["verify", *argv])
+    cli.verify_main(["verify", *argv, "--mask-values", "binary"])
     assert "cell" in capsys.readouterr().out
 
 
@@ -179,7 +179,7 @@ def test_unet_trains_and_evaluate_scores_on_binary_masks(tmp_path):
 
 def test_the_flag_reaches_the_dataset_spec():
     parser = argparse.ArgumentParser()
-    training.add_dataset_args(parser)
+    cli.add_dataset_args(parser)
     argv = ["--dataset", "folder", "--data-dir", "x", "--num-classes", "2"]
     args = parser.parse_args([*argv, "--mask-values", "binary"])
-    assert training.resolve_dataset(args).mask_values == "binary"
+    assert cli.resolve_dataset(args).mask_values == "binary"

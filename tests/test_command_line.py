@@ -14,7 +14,7 @@ import deeplab_train
 import fcn_train
 import segnet_train
 import unet_train
-from common.voc import DatasetError
+from common.errors import DatasetError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = [fcn_train, unet_train, deeplab_train, segnet_train]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from common import crf, voc
+from common.errors import InputError
 from common.metrics import ConfusionMatrix, mean_iou, trimap_mask
 
 pytest.importorskip("pydensecrf.densecrf", reason="pip install -r requirements-crf.txt")
@@ -85,7 +86,7 @@ def test_mismatched_sizes_and_dtypes_are_clear_errors():
 def test_missing_package_names_the_requirements_file(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
-    with pytest.raises(voc.InputError, match=r"pip install -r requirements-crf\.txt"):
+    with pytest.raises(InputError, match=r"pip install -r requirements-crf\.txt"):
         crf.dense_crf(two_tone_image(), blurred_two_class_probabilities())
 
 

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 import deeplab_train
+from common.errors import InputError
 from common.layers import AtrousConv2D, CaffeNormalization, ResizeLike
-from common.voc import InputError
 from deeplab_train import build_deeplab, freeze_batch_norm
 
 TINY_RESNET = (1, 1, 1, 1)

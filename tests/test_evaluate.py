@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import evaluate
-from common import inference, shapes, training
+from common import cli, inference, shapes
+from common.constants import IGNORE_LABEL
+from common.errors import InputError
 from common.metrics import label_boundaries, trimap_mask
-from common.voc import IGNORE_LABEL, InputError
 
 NUM_CLASSES = 21
 
@@ -72,7 +73,7 @@ def test_single_scale_tta_and_flip_equal_plain_evaluation(tiny_voc):
     args = evaluate.make_parser().parse_args(
         ["--model", "x", "--dataset", "voc", "--data-dir", data_dir]
     )
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
 
     plain = evaluate.confusion_plain(model, dataset, "val", batch_size=2)
     tta = evaluate.confusion_per_image(model, dataset, "val", (1.0,), flip=False)
@@ -238,7 +239,7 @@ def test_data_settings_default_to_the_run_s_results_json(shapes_dir, tmp_path, c
     args = evaluate.make_parser().parse_args(
         ["--model", "x", "--dataset", "shapes", "--data-dir", shapes_dir]
     )
-    val_pixels = training.resolve_dataset(args)
+    val_pixels = cli.resolve_dataset(args)
     expected = evaluate.confusion_plain(
         inference.load_model(model_path), val_pixels, "val", batch_size=4
     )

@@ -15,7 +15,8 @@ import threading
 import numpy as np
 import pytest
 
-from common.voc import DatasetError, list_pairs, make_dataset
+from common.errors import DatasetError
+from common.voc import list_pairs, make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data", "membrane")

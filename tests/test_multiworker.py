@@ -22,9 +22,9 @@ import tensorflow as tf
 
 import unet_train
 from common import distribute, multiworker
+from common.errors import InputError
 from common.layers import synchronize_batch_norm
 from common.losses import segmentation_loss
-from common.voc import InputError
 from unet_train import build_unet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,14 +42,14 @@ WORKER = textwrap.dedent(
     from common import multiworker
 
     weights_path, die, *argv = sys.argv[1:]
-    fit_and_evaluate = multiworker.fit_and_evaluate
+    fit = multiworker.fit
 
-    def fit_and_save_weights(model, *args):
-        results = fit_and_evaluate(model, *args)
+    def fit_and_save_weights(model, *args, **kwargs):
+        history = fit(model, *args, **kwargs)
         np.savez(weights_path, *model.get_weights())
-        return results
+        return history
 
-    multiworker.fit_and_evaluate = fit_and_save_weights
+    multiworker.fit = fit_and_save_weights
     if die == "1":
         save = tf.train.CheckpointManager.save
 

@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 import segnet_train
-from common import training, voc
+from common import cli, training, voc
+from common.errors import InputError
 from common.layers import MaxUnpooling2D
 from common.losses import median_frequency_weights
-from common.voc import InputError
 from segnet_train import build_segnet
 
 CAMVID_CLASSES = 11
@@ -119,7 +119,7 @@ def test_offline_imagenet_error_names_the_way_out(monkeypatch):
 def test_basic_variant_refuses_a_backbone():
     with pytest.raises(SystemExit):
         segnet_train.parse_args(["--variant", "basic", "--backbone-weights", "x.h5"])
-    assert segnet_train.parse_args(["--variant", "basic"]).backbone_weights == "none"
+    assert segnet_train.parse_args(["--variant", "basic"]).backbone_weights is None
 
 
 # --------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def camvid_argv(camvid_dir: str) -> list[str]:
 
 def test_median_frequency_weights_count_the_training_masks(camvid_dir):
     args = segnet_train.parse_args(camvid_argv(camvid_dir))
-    dataset = training.resolve_dataset(args)
+    dataset = cli.resolve_dataset(args)
     pairs = voc.list_pairs(dataset.data_dir, "train", dataset.layout)
     weights = np.array(training.median_frequency_class_weights(pairs, dataset))
     class_pixels = np.zeros(CAMVID_CLASSES)
@@ -196,8 +196,8 @@ def test_median_frequency_weights_count_the_training_masks(camvid_dir):
 def test_camvid_alias_reads_the_same_folder(camvid_dir):
     folder = segnet_train.parse_args(camvid_argv(camvid_dir))
     camvid = segnet_train.parse_args(["--dataset", "camvid", "--data-dir", camvid_dir])
-    folder_spec = segnet_train.training.resolve_dataset(folder)
-    camvid_spec = segnet_train.training.resolve_dataset(camvid)
+    folder_spec = cli.resolve_dataset(folder)
+    camvid_spec = cli.resolve_dataset(camvid)
     assert camvid_spec.layout == voc.detect_layout(camvid_dir) == "camvid"
     assert camvid_spec.ignore_index == folder_spec.ignore_index == CAMVID_VOID
     assert camvid_spec.num_classes == folder_spec.num_classes == CAMVID_CLASSES

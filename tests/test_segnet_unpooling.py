@@ -98,3 +98,55 @@ def test_get_config_round_trip():
     clone = MaxPoolingWithArgmax2D.from_config(layer.get_config())
     assert (clone.pool_size, clone.strides, clone.name) == (3, 3, "p")
     assert MaxUnpooling2D.from_config(MaxUnpooling2D(name="u").get_config()).name == "u"
+
+
+# --------------------------------------------------------------------------
+# SegNet's pooling indices from built-in ops: the same numbers as TF's kernel
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool_size", [2, 3])
+@pytest.mark.parametrize("shape", [(2, 4, 6, 3), (3, 5, 7, 2), (2, 45, 61, 4)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pooling_equals_max_pool_with_argmax(shape, pool_size, ties):
+    """Values, indices and gradients as `tf.nn.max_pool_with_argmax`, ties too.
+
+    Rounded ReLU-like inputs have many equal maxima in a window (all zeros):
+    the first in row-major order must win, as in TensorFlow's kernel.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=shape).astype("float32")
+    if ties:
+        x = np.maximum(np.round(x), 0)
+    x = tf.constant(x)
+    weights = tf.constant(rng.normal(size=(1,) + shape[1:]).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        expected, expected_indices = tf.nn.max_pool_with_argmax(
+            x, pool_size, pool_size, "SAME", include_batch_in_index=True
+        )
+        pooled, indices = MaxPoolingWithArgmax2D(pool_size, pool_size)(x)
+        unpooled = MaxUnpooling2D()([pooled, indices, x])
+        loss = tf.reduce_sum(unpooled * weights)
+        expected_loss = tf.reduce_sum(
+            tf.reshape(
+                tf.scatter_nd(
+                    tf.reshape(expected_indices, (-1, 1)),
+                    tf.reshape(expected, (-1,)),
+                    [int(np.prod(shape))],
+                ),
+                shape,
+            )
+            * weights
+        )
+    np.testing.assert_array_equal(pooled, expected)
+    np.testing.assert_array_equal(indices, expected_indices)
+    assert indices.dtype == tf.int64
+    np.testing.assert_array_equal(
+        tape.gradient(loss, x), tape.gradient(expected_loss, x)
+    )
+
+
+def test_overlapping_windows_are_refused():
+    with pytest.raises(ValueError, match="must equal pool_size"):
+        MaxPoolingWithArgmax2D(pool_size=3, strides=2)

@@ -7,6 +7,7 @@ import numpy as np
 from keras import layers
 
 from common import shapes, voc
+from common.constants import IGNORE_LABEL
 from common.losses import segmentation_loss
 from common.metrics import ConfusionMatrix, per_class_iou
 
@@ -25,10 +26,10 @@ def test_examples_are_labelled_objects_on_a_grey_background():
     for _ in range(20):
         image, label = shapes.make_example(rng)
         assert image.shape[:2] == label.shape and image.dtype == np.uint8
-        assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5, voc.IGNORE_LABEL}
-        assert (label > 0).any() and (label == voc.IGNORE_LABEL).any()
+        assert set(np.unique(label)) <= {0, 1, 2, 3, 4, 5, IGNORE_LABEL}
+        assert (label > 0).any() and (label == IGNORE_LABEL).any()
         saturation = image.max(-1).astype(int) - image.min(-1)
-        objects = (label > 0) & (label != voc.IGNORE_LABEL)
+        objects = (label > 0) & (label != IGNORE_LABEL)
         assert np.median(saturation[objects]) > 2 * np.median(saturation[label == 0])
 
 

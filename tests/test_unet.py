@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from common.layers import CropToMatch
-from unet_train import build_unet, label_margin, valid_input_size, valid_output_size
+from unet_train import (
+    build_unet,
+    label_margin,
+    valid_output_size,
+    valid_padding_input_size,
+)
 
 
 def test_paper_unet_parameter_count_and_output_size():
@@ -23,7 +28,7 @@ def test_valid_geometry():
     assert valid_output_size(572) == 388
     assert valid_output_size(573) is None  # 569 is odd before the first pooling
     assert label_margin() == 92
-    assert valid_input_size(500) == 508 and valid_output_size(508) == 324
+    assert valid_padding_input_size(500) == 508 and valid_output_size(508) == 324
 
 
 @pytest.mark.parametrize("height, width", [(64, 96), (48, 80)])

@@ -70,7 +70,21 @@ def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
         "star",
         "cross",
     }
-    assert 0.0 <= results["mean_iou"] <= 1.0 and results["optimizer_steps"] == 20
+    assert results["optimizer_steps"] == 20
+    # The scores are those of the best epoch's checkpoint, evaluated again.
+    best_epoch = max(float(row["val_mean_iou"]) for row in read_history(tmp_path))
+    assert results["mean_iou"] == pytest.approx(best_epoch, abs=1e-6)
+    # What the run used, beside argv: after defaults and scaling.
+    settings, used = results["settings"], results["training"]
+    assert settings["learning_rate"] == 0.003 and settings["global_batch_size"] == 4
+    assert settings["crop_size"] == 64 and settings["padding"] == "same"
+    assert used["loss"]["ignore_class"] == 255 and used["optimizer"]["class"] == "Adam"
+    assert used["batch_norm"] == {
+        "layers": 18,
+        "trained": 18,
+        "momentum": [0.9],
+        "synchronized": False,
+    }
     assert results["train_ms_per_step"] > 0  # Median of steps 2-20.
     for name in ("best.keras", "curves.png", "predictions.png", "history.csv"):
         assert os.path.isfile(tmp_path / name), name

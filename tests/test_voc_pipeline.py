@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from common import augment
+from common.constants import IMAGE_MEAN
 from common.voc import (
     IGNORE_LABEL,
     DatasetError,
@@ -62,7 +62,7 @@ def test_crop_and_flip_move_image_and_mask_together(painted_voc):
         padded = (masks == IGNORE_LABEL) & np.all(images != COLORS[IGNORE_LABEL], -1)
         np.testing.assert_allclose(
             images[padded],
-            np.broadcast_to(augment.IMAGE_MEAN, images[padded].shape),
+            np.broadcast_to(IMAGE_MEAN, images[padded].shape),
             atol=1e-4,
         )
 
@@ -114,7 +114,7 @@ def test_evaluation_with_margin_mirrors_the_image(painted_voc):
         32,
         training=False,
         label_margin=margin,
-        valid_input_size=lambda n: n + 3,
+        input_size_rule=lambda n: n + 3,
     )
     images, masks = first_batch(dataset)
     image, mask = next(iter(examples.values()))

@@ -1,0 +1,425 @@
+"""The command line every script shares: flag types, flag groups, one-line errors.
+
+A training script builds its parser from these pieces:
+
+    parser = cli.ArgumentParser(description="Train U-Net ...")
+    parser.add_argument_group("model").add_argument("--filters", ...)
+    cli.add_training_args(parser)        # data, optimisation, scale, output
+    args = cli.parse(parser, argv)       # keeps argv for results.json
+
+and runs its `main` under `run_cli`, which prints bad input and Ctrl-C as one
+line instead of a traceback. `evaluate.py`, `predict.py` and `export.py` take
+the data flags (`add_dataset_args`) and `run_cli` from here without loading
+anything of training. The `verify` command checks a dataset with the same flags:
+
+    python -m common.cli verify data/VOCdevkit/VOC2012 --split train
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from common import distribute, shapes, voc
+from common.constants import IGNORE_LABEL
+from common.errors import DatasetError, InputError, TrainingInterrupted
+
+# --jit-compile's choices, as `model.compile(jit_compile=...)` takes them.
+JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits with status 2.
+
+    The scripts' usage text runs to twenty lines; someone who typed
+    `--epochs 0` needs the one line that says what is wrong with it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------
+# Flag types: argparse calls them on the text and reports their message
+# --------------------------------------------------------------------------
+
+
+def _number(text: str, kind: type, is_allowed: Callable, allowed: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not is_allowed(value):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _number(text, int, lambda value: value >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _number(text, int, lambda value: value >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    return _number(text, float, lambda value: value > 0, "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number >= 0."""
+    return _number(text, float, lambda value: value >= 0, "a number >= 0")
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1), e.g. a momentum."""
+    return _number(text, float, lambda value: 0 <= value < 1, "a number in [0, 1)")
+
+
+def mask_value(text: str) -> int:
+    """argparse type: a value a uint8 mask pixel can hold, 0-255."""
+    return _number(text, int, lambda value: 0 <= value <= 255, "an integer 0-255")
+
+
+def backbone_weights(text: str) -> str | None:
+    """argparse type of --backbone-weights: "none" (any case) means random, None.
+
+    Every builder takes `backbone_weights=None` for random weights, "imagenet",
+    or a file; this is the one place where the flag's "none" becomes None.
+    """
+    return None if text.lower() == "none" else text
+
+
+# --------------------------------------------------------------------------
+# Help text and checks that need the parser
+# --------------------------------------------------------------------------
+
+
+def describe_default(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
+    """Say in `--help` what a computed default is, where argparse would say None."""
+    for action in parser._actions:
+        if action.dest == dest:
+            action.help = f"{action.help.split(' (default')[0]} (default: {text})"
+            return
+    raise ValueError(f"no flag stores into {dest!r}")
+
+
+def check_crop_size(
+    parser: argparse.ArgumentParser,
+    crop_size: int,
+    input_size_rule: Callable[[int], int],
+) -> None:
+    """`voc.check_crop_size` at parse time: exit 2 before any data or model is built."""
+    try:
+        voc.check_crop_size(crop_size, input_size_rule)
+    except InputError as error:
+        parser.error(f"argument {error}")
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse `argv` (default: the command line); keep it in `args.argv` for results."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+# --------------------------------------------------------------------------
+# Flag groups
+# --------------------------------------------------------------------------
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Flags that say which dataset to read (training, evaluate.py, verify)."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        choices=["voc", "shapes", "folder", "camvid"],
+        default="voc",
+        help="voc: PASCAL VOC 2012 (bash data/voc_download.sh); shapes: the "
+        "built-in synthetic set, generated on first use (seconds); folder: your "
+        "own data, either SPLIT/images + SPLIT/masks or CamVid's SPLIT + "
+        "SPLITannot; camvid: folder with CamVid's 11 class names and void 11 "
+        "(default: %(default)s)",
+    )
+    data.add_argument(
+        "--data-dir",
+        help=f"dataset folder (default: {voc.VOC_DIR} for voc, data/shapes for "
+        f"shapes, {voc.CAMVID_DIR} for camvid)",
+    )
+    data.add_argument(
+        "--num-classes",
+        type=positive_int,
+        help="classes in your masks, void excluded (required with --dataset folder; "
+        "default: 21 for voc, 6 for shapes, 11 for camvid)",
+    )
+    data.add_argument(
+        "--ignore-index",
+        type=mask_value,
+        default=IGNORE_LABEL,
+        help="mask value that means 'void, do not score' in your data; remapped to "
+        "255 (CamVid: 11; default: %(default)s)",
+    )
+    data.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="names for --dataset folder, in class-index order (default: class_0 ...)",
+    )
+    data.add_argument(
+        "--mask-values",
+        choices=voc.MASK_VALUES,
+        help="--dataset folder: binary = black-and-white masks, 0 -> class 0, 255 "
+        "-> class 1 (needs --num-classes 2); index = grey value is the class "
+        "(default: index, but masks of only 0 and 255 stop with an error)",
+    )
+    return data
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Add the data, optimisation, scale and output flags of every training script.
+
+    A script sets its own defaults afterwards with `parser.set_defaults(...)`.
+    """
+    data = add_dataset_args(parser)
+    data.add_argument("--train-split", default="train", help="default: %(default)s")
+    data.add_argument("--val-split", default="val", help="default: %(default)s")
+    data.add_argument(
+        "--crop-size",
+        type=positive_int,
+        help="square training crop in pixels (default: %(default)s)",
+    )
+    data.add_argument(
+        "--scale-range",
+        type=positive_float,
+        nargs=2,
+        default=[0.5, 2.0],
+        metavar=("MIN", "MAX"),
+        help="random rescaling of training images before the crop, as DeepLab "
+        "(default: %(default)s)",
+    )
+    data.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=8,
+        help="images per replica (device); the global batch is this times the "
+        "number of replicas (default: %(default)s)",
+    )
+    data.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep decoded images in memory after the first epoch (VOC train: ~1 GB)",
+    )
+    _add_optimisation_args(parser.add_argument_group("training"))
+    _add_scale_args(parser.add_argument_group("speed and scale"))
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--output-dir",
+        help="where checkpoints, logs and results go (default: "
+        "runs/SCRIPT-DATASET-TIME). "
+        "Rerun with the same --output-dir to resume an interrupted run.",
+    )
+    output.add_argument(
+        "--num-predictions",
+        type=non_negative_int,
+        default=6,
+        help="validation images in predictions.png (default: %(default)s)",
+    )
+
+
+def _add_optimisation_args(train: argparse._ArgumentGroup) -> None:
+    train.add_argument(
+        "--epochs", type=positive_int, default=50, help="default: %(default)s"
+    )
+    train.add_argument(
+        "--steps-per-epoch",
+        type=positive_int,
+        help="training batches per epoch (default: one pass over the training split)",
+    )
+    train.add_argument(
+        "--val-steps",
+        type=positive_int,
+        help="validation batches per epoch (default: the whole validation split)",
+    )
+    train.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam"],
+        default="adam",
+        help="sgd uses --momentum (default: %(default)s)",
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=1e-3,
+        help="initial learning rate for one replica's batch; multiplied by the "
+        "number of replicas (linear scaling rule) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--momentum",
+        type=unit_interval,
+        default=0.9,
+        help="SGD momentum (default: %(default)s)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=0.0,
+        help="decoupled weight decay of the optimizer (default: %(default)s)",
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=["poly", "constant"],
+        default="poly",
+        help="poly: lr * (1 - step/total)^0.9, as DeepLab (default: %(default)s)",
+    )
+    train.add_argument(
+        "--class-weighting",
+        choices=["none", "median"],
+        default="none",
+        help="median: weight each training pixel by median(freq)/freq of its class "
+        "(median-frequency balancing, SegNet Sec. 3.2), counted once on the "
+        "training masks, so thin and rare classes are not ignored "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds data order, augmentation and weights (default: %(default)s)",
+    )
+
+
+def _add_scale_args(scale: argparse._ArgumentGroup) -> None:
+    scale.add_argument(
+        "--strategy",
+        choices=distribute.STRATEGIES,
+        default="auto",
+        help="tf.distribute strategy; auto = mirrored when several GPUs are visible, "
+        "else default (one device); multiworker = several machines, configured by "
+        "TF_CONFIG, trained by a custom loop with --sync-bn forced on (README: "
+        "Several machines) (default: %(default)s)",
+    )
+    scale.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with several replicas, batch norm uses the statistics of the whole "
+        "global batch instead of each replica's slice (an all-reduce per BN layer "
+        "per step); no effect on one device (default: %(default)s)",
+    )
+    scale.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 compute on GPU (bfloat16 elsewhere), float32 logits and loss",
+    )
+    scale.add_argument(
+        "--jit-compile",
+        choices=list(JIT_COMPILE),
+        default="auto",
+        help="XLA for fit; auto = Keras' choice: on for one GPU, off on CPU and "
+        "under tf.distribute (default: %(default)s)",
+    )
+
+
+# --------------------------------------------------------------------------
+# From flags to a dataset
+# --------------------------------------------------------------------------
+
+
+def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
+    """Turn the data flags into a `DatasetSpec`, generating `shapes` if needed."""
+    if args.dataset == "shapes":
+        data_dir = args.data_dir or shapes.DEFAULT_DIR
+        if not shapes.is_shapes_dir(data_dir) or data_dir == shapes.DEFAULT_DIR:
+            shapes.generate_shapes(data_dir)  # Rebuilds an outdated default folder.
+        return voc.DatasetSpec(data_dir, "voc", shapes.SHAPES_CLASSES)
+    if args.dataset == "voc":
+        return voc.DatasetSpec(args.data_dir or voc.VOC_DIR, "voc", voc.VOC_CLASSES)
+    if args.dataset == "camvid":
+        return voc.DatasetSpec(
+            args.data_dir or voc.CAMVID_DIR,
+            "camvid",
+            voc.CAMVID_CLASSES,
+            voc.CAMVID_VOID,
+        )
+    if args.data_dir is None or args.num_classes is None:
+        raise DatasetError("--dataset folder needs --data-dir and --num-classes.")
+    names = tuple(args.class_names or (f"class_{i}" for i in range(args.num_classes)))
+    if len(names) != args.num_classes:
+        raise DatasetError(
+            f"--class-names lists {len(names)} names but --num-classes is "
+            f"{args.num_classes}."
+        )
+    return voc.DatasetSpec(
+        args.data_dir, "auto", names, args.ignore_index, args.mask_values
+    )
+
+
+# --------------------------------------------------------------------------
+# Running a script
+# --------------------------------------------------------------------------
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a script's `main`: bad input and Ctrl-C print one line, no traceback.
+
+    Exit status: 1 for bad input, 130 for Ctrl-C (the shell's 128 + SIGINT).
+    """
+    try:
+        main()
+    except InputError as error:
+        raise SystemExit(f"error: {error}") from None
+    except TrainingInterrupted as interruption:
+        print(f"\n{interruption}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted before training started; nothing to resume.", file=sys.stderr
+        )
+        raise SystemExit(130) from None
+
+
+def verify_main(argv: Sequence[str] | None = None) -> None:
+    """`python -m common.cli verify`: `voc.verify` with the training scripts' flags."""
+    parser = ArgumentParser(
+        prog="python -m common.cli",
+        description="Check every file of a split (readable, sizes matching, labels "
+        "in range) and print its class frequencies.",
+    )
+    parser.add_argument("command", choices=["verify"], help="what to do")
+    parser.add_argument(
+        "folder",
+        nargs="?",
+        help="dataset folder, same as --data-dir (default: the --dataset's)",
+    )
+    parser.add_argument(
+        "--split", default="train", help="split to check (default: %(default)s)"
+    )
+    add_dataset_args(parser)
+    args = parser.parse_args(argv)
+    args.data_dir = args.folder or args.data_dir
+
+    def check() -> None:
+        dataset = resolve_dataset(args)
+        voc.verify(
+            dataset.data_dir,
+            args.split,
+            dataset.num_classes,
+            dataset.class_names,
+            dataset.layout,
+            dataset.ignore_index,
+            dataset.mask_values,
+        )
+
+    run_cli(check)
+
+
+if __name__ == "__main__":
+    verify_main()

@@ -1,0 +1,20 @@
+"""The project's exceptions: the bottom of `common/`, importing nothing of ours.
+
+A script's `main` runs under `common.cli.run_cli`, which turns these into one
+line on the terminal (exit status 1, or 130 for an interruption) instead of a
+traceback: the message itself must say what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the user (a flag, a file, a folder): say which and what to do."""
+
+
+class DatasetError(InputError):
+    """A dataset folder, split or file that cannot be read as the flags describe."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; the message says what is saved and how to resume."""

@@ -1,0 +1,262 @@
+"""A run's outputs: `results.json` (one writer, one reader), its plots, resuming.
+
+Training writes everything into `--output-dir`: `results.json` (scores of the
+best checkpoint, the dataset it read, the settings it used), `curves.png`,
+`predictions.png`, beside `best.keras`, `history.csv` and `tensorboard/` from
+Keras' callbacks. `evaluate.py`, `predict.py` and `export.py` read the
+`results.json` beside a model with `read_run`, so they need no data flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import layers, plots, voc
+from common.errors import InputError
+from common.metrics import mean_iou, per_class_iou, pixel_accuracy
+
+RESULTS_FILE = "results.json"
+
+
+# --------------------------------------------------------------------------
+# Scores and results.json
+# --------------------------------------------------------------------------
+
+
+def scores(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
+    """Mean IoU, pixel accuracy, per-class IoU (None: class absent) and the matrix."""
+    ious = per_class_iou(matrix).numpy()
+    return {
+        "mean_iou": float(mean_iou(matrix)),
+        "pixel_accuracy": float(pixel_accuracy(matrix)),
+        "per_class_iou": {
+            name: None if np.isnan(iou) else float(iou)
+            for name, iou in zip(class_names, ious)
+        },
+        "confusion_matrix": np.asarray(matrix).tolist(),
+    }
+
+
+def run_results(
+    model: keras.Model,
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    matrix: np.ndarray,
+    val_loss: float,
+    history: keras.callbacks.History,
+) -> dict:
+    """What results.json holds: scores, the dataset, argv and what the run used.
+
+    `settings` are the flags' values after defaults and scaling (the learning
+    rate times the replicas, the global batch, DeepLab's output stride and
+    --freeze-bn, the class weights); `training` names the model, its loss and
+    optimizer configs and how its batch norm trained. A baseline can then be
+    trusted without re-deriving it from `argv`.
+    """
+    train_losses = history.history.get("loss", [])
+    return {
+        **scores(matrix, dataset.class_names),
+        "val_loss": float(val_loss),
+        "epochs": args.epochs,
+        "epochs_this_run": len(train_losses),
+        "final_train_loss": float(train_losses[-1]) if train_losses else None,
+        "optimizer_steps": history.optimizer_steps,
+        "train_ms_per_step": history.train_ms_per_step,
+        "class_weights": args.class_weights,
+        # What evaluate.py and predict.py need to read this run's data again.
+        "dataset": {
+            "name": args.dataset,
+            "data_dir": dataset.data_dir,
+            "layout": dataset.layout,
+            "class_names": list(dataset.class_names),
+            "ignore_index": dataset.ignore_index,
+            "mask_values": dataset.mask_values,
+            "train_split": args.train_split,
+            "val_split": args.val_split,
+        },
+        "argv": args.argv,
+        "settings": _json_values(
+            {key: value for key, value in vars(args).items() if key != "argv"}
+        ),
+        "training": {
+            "model": model.name,
+            "parameters": model.count_params(),
+            "loss": _described(model.loss),
+            "optimizer": _described(model.optimizer),
+            "batch_norm": batch_norm_summary(model),
+        },
+    }
+
+
+def batch_norm_summary(model: keras.Model) -> dict:
+    """How the model's BN layers trained: counts, momenta, synchronized or not."""
+    norms = layers.batch_norm_layers(model)
+    return {
+        "layers": len(norms),
+        "trained": sum(layer.trainable for layer in norms),
+        "momentum": sorted({float(layer.momentum) for layer in norms}),
+        "synchronized": any(layer.synchronized for layer in norms),
+    }
+
+
+def _described(obj) -> dict:
+    """A Keras loss or optimizer as `{"class": ..., **its JSON-able config}`."""
+    return {"class": type(obj).__name__, **_json_values(obj.get_config())}
+
+
+def _json_values(values: dict) -> dict:
+    """The entries of `values` that JSON can hold as they are (argparse, configs)."""
+    kept = {}
+    for key, value in values.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        kept[key] = value
+    return kept
+
+
+def write_results(output_dir: str, results: dict) -> str:
+    """Write `results.json` into `output_dir`; returns its path."""
+    path = os.path.join(output_dir, RESULTS_FILE)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    return path
+
+
+def read_run(model_path: str) -> tuple[dict | None, str]:
+    """The training run's results.json beside `model_path`, and that file's path.
+
+    Returns `(None, path)` when there is none (a model from elsewhere); a file
+    that is not JSON is an `InputError` naming it.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), RESULTS_FILE)
+    if not os.path.isfile(path):
+        return None, path
+    try:
+        with open(path) as f:
+            return json.load(f), path
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read it as JSON ({error}).") from None
+
+
+def run_class_names(
+    model_path: str, num_classes: int, *candidates: Sequence[str] | None
+) -> list[str]:
+    """Class names for a model's outputs: the run's, else a candidate's, else VOC's.
+
+    The first list with `num_classes` names among: the run's dataset entry, its
+    per-class IoU keys (runs saved before that entry existed), `candidates`,
+    and VOC's 21 classes; failing all, `class_0`, `class_1`, ...
+    """
+    run, _ = read_run(model_path)
+    run = run or {}
+    options = [
+        (run.get("dataset") or {}).get("class_names"),
+        list(run.get("per_class_iou") or {}),
+        *candidates,
+        voc.VOC_CLASSES,
+    ]
+    for names in options:
+        if names and len(names) == num_classes:
+            return list(names)
+    return [f"class_{index}" for index in range(num_classes)]
+
+
+# --------------------------------------------------------------------------
+# Plots of a run
+# --------------------------------------------------------------------------
+
+
+def plot_run(
+    model: keras.Model,
+    args: argparse.Namespace,
+    dataset: voc.DatasetSpec,
+    val_ds: tf.data.Dataset,
+) -> None:
+    """`curves.png` from history.csv and `predictions.png` of the first val images."""
+    plots.plot_history(
+        os.path.join(args.output_dir, "history.csv"),
+        os.path.join(args.output_dir, "curves.png"),
+    )
+    count = args.num_predictions
+    if count <= 0:
+        return
+    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)[:count]
+    sizes = voc.image_sizes(pairs)
+    images, masks = next(iter(val_ds.unbatch().batch(len(sizes))))
+    images, masks = images.numpy(), masks.numpy()
+    predictions = np.argmax(model.predict(images, verbose=0), axis=-1)
+    margin = (images.shape[1] - masks.shape[1]) // 2  # Valid-padding U-Net.
+    plots.plot_predictions(
+        voc.remove_padding(images, sizes, margin),
+        voc.remove_padding(masks, sizes),
+        voc.remove_padding(predictions, sizes),
+        dataset.class_names,
+        os.path.join(args.output_dir, "predictions.png"),
+        title=f"{model.name} on {args.dataset} {args.val_split}",
+    )
+
+
+# --------------------------------------------------------------------------
+# The run folder: starting, resuming, interrupting
+# --------------------------------------------------------------------------
+
+
+def open_run_folder(output_dir: str) -> None:
+    """Create the run folder and say whether this run starts or resumes."""
+    resuming = os.path.isdir(os.path.join(output_dir, "backup"))
+    os.makedirs(output_dir, exist_ok=True)
+    if resuming:
+        print(f"Resuming the run in {output_dir}")
+    else:
+        print(
+            f"Writing to {output_dir} (if interrupted, rerun with "
+            f"--output-dir {output_dir} to resume)"
+        )
+
+
+def history_rows(output_dir: str) -> list[dict]:
+    """The rows of the run's history.csv (one per finished epoch), if any."""
+    path = os.path.join(output_dir, "history.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def best_val_mean_iou(output_dir: str) -> float | None:
+    """Best validation mean IoU in a resumed run's history, for its checkpoint."""
+    values = [float(row["val_mean_iou"]) for row in history_rows(output_dir)]
+    return max(values) if values else None
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run where it stopped."""
+    argv = list(args.argv)
+    if "--output-dir" not in argv and not any(
+        arg.startswith("--output-dir=") for arg in argv
+    ):
+        argv += ["--output-dir", args.output_dir]
+    return shlex.join(["python", os.path.basename(sys.argv[0]), *argv])
+
+
+def interruption_message(args: argparse.Namespace) -> str:
+    """What Ctrl-C left behind, and the command that resumes."""
+    finished = len(history_rows(args.output_dir))
+    saved = (
+        f"{finished} of {args.epochs} epochs are finished and saved"
+        if finished
+        else "no epoch had finished, so nothing is saved yet"
+    )
+    return f"Stopped by Ctrl-C: {saved}. To resume: {resume_command(args)}"
