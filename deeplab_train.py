@@ -782,6 +782,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = cli.parse(parser, argv)
     resolve_defaults(parser, args)
     cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
+    cli.check_backbone_weights(args.backbone_weights)
     return args
 
 

@@ -124,8 +124,13 @@ def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
         for name, value in FALLBACK_DATASET.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
-        reason = "no dataset entry in" if run is None else "--dataset differs from"
-        source = f"settings from the flags and defaults ({reason} {results_path})"
+        if not os.path.isfile(results_path):
+            reason = f"no results.json beside {args.model}"
+        elif run is None:
+            reason = f"no dataset entry in {results_path}"
+        else:
+            reason = f"--dataset differs from {results_path}"
+        source = f"settings from the flags and defaults ({reason})"
     dataset = cli.resolve_dataset(args)
     return dataset, (
         f"Scoring {args.dataset} {args.split} in {dataset.data_dir} "
@@ -248,14 +253,15 @@ def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
+    cli.check_path(args.model, "--model", "file", "a .keras file written by training")
     scales = inference.parse_scales(args.scales)
     trimap_widths = parse_trimap(args.trimap)
     crf_settings = crf.crf_settings(args) if args.crf else None
     if args.crf:
         crf.require_pydensecrf()  # Before the slow part, not after it.
+    model = inference.load_model(args.model)
     dataset, source = resolve_dataset(args)
     print(source)
-    model = inference.load_model(args.model)
     inference.check_same_size_output(model)
     check_num_classes(model, dataset, source)
 

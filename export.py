@@ -35,8 +35,12 @@ import argparse
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 import keras
 import numpy as np
 import tensorflow as tf
@@ -157,13 +161,16 @@ def export_format(
     signature = [tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")]
     settings = litert_settings(quantize, calibration) if format == "tflite" else {}
     try:
-        serving.export(
-            path,
-            format=KERAS_FORMATS[format],
-            input_signature=signature,
-            verbose=False,
-            **settings,
-        )
+        with warnings.catch_warnings():
+            # Keras' tf2onnx shim probes `np.object`, which NumPy 2 warns about.
+            warnings.filterwarnings("ignore", "In the future `np.object`")
+            serving.export(
+                path,
+                format=KERAS_FORMATS[format],
+                input_signature=signature,
+                verbose=False,
+                **settings,
+            )
     except Exception as error:  # The converters raise many types; name the op.
         raise ExportError(
             f"{serving.model.name} cannot be exported to {format}: {first_line(error)}"
@@ -354,8 +361,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_checked_model(path: str) -> keras.Model:
     """The Keras model, refused early if its output is not the input's size."""
-    if not (path.endswith(".keras") and os.path.isfile(path)):
-        raise InputError(f"--model {path!r}: expected a .keras file from training.")
+    cli.check_path(path, "--model", "file", "a .keras file written by training")
+    if not path.endswith(".keras"):
+        raise InputError(f"--model {path}: expected a .keras file from training.")
     model = inference.load_model(path)
     # Valid-padding U-Nets need overlap-tile inference, not one padded pass.
     inference.check_same_size_output(model, SIZE_DIVISOR)

@@ -343,6 +343,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
     args = cli.parse(parser, argv)
     cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
+    if args.init_from:
+        cli.check_path(args.init_from, "--init-from", "file", "a trained FCN .keras")
+    cli.check_backbone_weights(args.backbone_weights)
     if args.width != 1.0 and args.backbone_weights and not args.init_from:
         parser.error("--width other than 1 needs --backbone-weights none")
     return args

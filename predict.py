@@ -232,6 +232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.crf:
         crf.require_pydensecrf()
+    # Every path first: a mistyped one should not wait for a model to load.
+    cli.check_path(
+        args.model,
+        "--model",
+        "any",
+        "a best.keras from training, or a SavedModel folder, .tflite or .onnx "
+        "from export.py",
+    )
+    for path in args.inputs:
+        cli.check_path(path, "input", "any", "an image, a video or a folder of them")
     if args.model.endswith(".keras"):
         model = inference.load_model(args.model)
     else:  # A SavedModel folder, .tflite or .onnx written by export.py.

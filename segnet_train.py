@@ -290,6 +290,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.backbone_weights = "imagenet" if args.variant == "vgg16" else None
     elif args.variant == "basic" and args.backbone_weights is not None:
         parser.error("--variant basic has no pretrained backbone; drop the flag.")
+    cli.check_backbone_weights(args.backbone_weights)
     return args
 
 

@@ -18,10 +18,15 @@ anything of training. The `verify` command checks a dataset with the same flags:
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from common import console  # noqa: F401  (first: TensorFlow loads quietly)
+
+# isort: split
 from common import distribute, shapes, voc
 from common.constants import IGNORE_LABEL
 from common.errors import DatasetError, InputError, TrainingInterrupted
@@ -95,6 +100,14 @@ def backbone_weights(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
+def check_backbone_weights(weights: str | None) -> None:
+    """A --backbone-weights file must exist ("imagenet" and none need no file)."""
+    if weights not in (None, "imagenet"):
+        check_path(
+            weights, "--backbone-weights", "file", "imagenet, none or a weights file"
+        )
+
+
 # --------------------------------------------------------------------------
 # Help text and checks that need the parser
 # --------------------------------------------------------------------------
@@ -119,6 +132,46 @@ def check_crop_size(
         voc.check_crop_size(crop_size, input_size_rule)
     except InputError as error:
         parser.error(f"argument {error}")
+
+
+PATH_KINDS = {"file": os.path.isfile, "folder": os.path.isdir, "any": os.path.exists}
+
+
+def check_path(path: str, flag: str, kind: str = "file", expected: str = "") -> str:
+    """Refuse a path that is not there, or not a `kind`, in one line; return it.
+
+    `kind` is "file", "folder" or "any"; `expected` says what belongs there
+    (e.g. "a .keras file written by training"). For a missing path the
+    message names the closest existing entries where the path goes astray,
+    so that a pasted `runs/unet-shapes-TIME/best.keras` shows the real runs.
+    """
+    if PATH_KINDS[kind](path):
+        return path
+    expected = expected or f"a {kind}"
+    if os.path.exists(path):
+        found = "a folder" if os.path.isdir(path) else "a file"
+        raise InputError(f"{flag} {path}: this is {found}; give {expected}.")
+    raise InputError(
+        f"{flag} {path}: no such file or folder.{closest_existing(path)} "
+        f"Give {expected}."
+    )
+
+
+def closest_existing(path: str) -> str:
+    """' Closest in runs/: runs/a, runs/b.' for the first missing part of `path`."""
+    parent, missing = os.path.split(os.path.normpath(path))
+    while parent and not os.path.isdir(parent):
+        parent, missing = os.path.split(parent)
+    folder = parent or os.curdir
+    entries = sorted(os.listdir(folder))
+    # A shared beginning ("unet-shapes-" of "unet-shapes-TIME"), else spelling.
+    start = max(3, len(missing) // 2)
+    names = [name for name in entries if name[:start] == missing[:start]][-3:]
+    names = names or difflib.get_close_matches(missing, entries, 3, 0.6)
+    if not names:
+        return ""
+    shown = ", ".join(os.path.join(parent, name) for name in names)
+    return f" Closest in {folder}{os.sep}: {shown}."
 
 
 def parse(

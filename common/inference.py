@@ -28,9 +28,19 @@ def load_model(path: str) -> keras.Model:
     """Load a `.keras` model saved by any training script of this project.
 
     Importing `common.layers` (above) registers the project's custom layers,
-    so Keras can rebuild them from the file.
+    so Keras can rebuild them from the file. A file Keras cannot read (not a
+    model, truncated, a model with layers from elsewhere) is an `InputError`
+    that names it.
     """
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many kinds; all mean "not ours".
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise InputError(
+            f"Cannot load {path} as a Keras model: it is not a complete .keras "
+            f"file of this project (Keras says: {type(error).__name__}: {reason}). "
+            "Give a best.keras written by a training script."
+        ) from None
 
 
 def check_same_size_output(model: keras.Model, size_divisor: int = 32) -> None:

@@ -251,12 +251,15 @@ def resume_command(args: argparse.Namespace) -> str:
     return shlex.join(["python", os.path.basename(sys.argv[0]), *argv])
 
 
-def interruption_message(args: argparse.Namespace) -> str:
-    """What Ctrl-C left behind, and the command that resumes."""
+def interruption_message(args: argparse.Namespace, cause: str = "Ctrl-C") -> str:
+    """What an interruption left behind, and the command that resumes, if any."""
     finished = len(history_rows(args.output_dir))
-    saved = (
-        f"{finished} of {args.epochs} epochs are finished and saved"
-        if finished
-        else "no epoch had finished, so nothing is saved yet"
+    if not finished:
+        return (
+            f"Stopped by {cause} before the first epoch finished: nothing is "
+            "saved, so there is nothing to resume."
+        )
+    return (
+        f"Stopped by {cause}: {finished} of {args.epochs} epochs are finished and "
+        f"saved. To resume: {resume_command(args)}"
     )
-    return f"Stopped by Ctrl-C: {saved}. To resume: {resume_command(args)}"

@@ -27,6 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -263,28 +266,51 @@ def make_callbacks(
 # --------------------------------------------------------------------------
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill`), handled as Ctrl-C is."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
 @contextlib.contextmanager
 def resumable(args: argparse.Namespace) -> Iterator[None]:
-    """Open the run folder; Ctrl-C and unreadable files end in one clear line.
+    """Open the run folder; Ctrl-C, SIGTERM and unreadable files end in one line.
 
-    Ctrl-C becomes `TrainingInterrupted`, whose message says how many epochs
-    are saved and gives the command that resumes (`common.cli.run_cli` prints
-    it). A file the input pipeline cannot read becomes a `DatasetError` that
-    names the `verify` command, which checks every file of the split.
+    Ctrl-C or SIGTERM becomes `TrainingInterrupted`, whose message says how
+    many epochs are saved and gives the command that resumes
+    (`common.cli.run_cli` prints it). A file the input pipeline cannot read
+    becomes a `DatasetError` that names the `verify` command, which checks
+    every file of the split. A run folder this run made is removed again if
+    it stops before its first epoch is saved: there is nothing in it to resume.
     """
+    new_folder = args.chief and not os.path.isdir(args.output_dir)
     if args.chief:  # The other workers of a multi-worker run write nothing.
         results.open_run_folder(args.output_dir)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(results.interruption_message(args)) from None
-    except tf.errors.InvalidArgumentError as error:
-        raise DatasetError(
-            f"While reading the data: {voc.tf_error_message(error)}\n"
-            "To check every file, run: "
-            f"python -m common.cli verify {args.data_dir or '<data-dir>'} --split "
-            f"{args.train_split}"
-        ) from None
+    except BaseException as error:
+        if new_folder and not results.history_rows(args.output_dir):
+            shutil.rmtree(args.output_dir, ignore_errors=True)
+        if isinstance(error, KeyboardInterrupt):
+            cause = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
+            message = results.interruption_message(args, cause)
+            raise TrainingInterrupted(message) from None
+        if isinstance(error, tf.errors.InvalidArgumentError):
+            raise DatasetError(
+                f"While reading the data: {voc.tf_error_message(error)}\n"
+                "To check every file, run: "
+                f"python -m common.cli verify {args.data_dir or '<data-dir>'} "
+                f"--split {args.train_split}"
+            ) from None
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def fit(

@@ -86,6 +86,15 @@ DOWNLOAD_HINT = (
     "at the folder that holds JPEGImages/, or try the built-in data with "
     "--dataset shapes."
 )
+# What to do about a missing dataset folder, by layout ("auto": your own data).
+MISSING_FOLDER_HINTS = {
+    "voc": DOWNLOAD_HINT,
+    "camvid": "Point --data-dir at the folder that holds train/, trainannot/, "
+    "val/ and valannot/ (CamVid as the SegNet tutorial ships it).",
+    "auto": "Point --data-dir at the folder that holds SPLIT/images/ and "
+    "SPLIT/masks/ (or CamVid's SPLIT/ and SPLITannot/), e.g. train/images/.",
+}
+VERIFY_HINT = "`python -m common.cli verify DATA_DIR --split SPLIT` checks every file."
 
 
 def voc_colormap(num_colors: int = 256) -> np.ndarray:
@@ -298,10 +307,7 @@ def load_pair(
 
 def detect_layout(data_dir: str) -> str:
     """Return "voc", "camvid" or "folder" from the sub-folders of `data_dir`."""
-    if not os.path.isdir(data_dir):
-        raise DatasetError(
-            f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}"
-        )
+    check_dataset_folder(data_dir)
     entries = set(os.listdir(data_dir))
     if "ImageSets" in entries and "JPEGImages" in entries:
         return "voc"
@@ -354,6 +360,13 @@ def _stem_pairs(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:
     ]
 
 
+def check_dataset_folder(data_dir: str, layout: str = "auto") -> None:
+    """Refuse a dataset folder that is not there, saying what belongs in it."""
+    if not os.path.isdir(data_dir):
+        hint = MISSING_FOLDER_HINTS.get(layout, MISSING_FOLDER_HINTS["auto"])
+        raise DatasetError(f"Dataset folder {data_dir!r} does not exist. {hint}")
+
+
 def list_pairs(
     data_dir: str, split: str, layout: str = "auto"
 ) -> list[tuple[str, str]]:
@@ -363,10 +376,7 @@ def list_pairs(
     SPLITannot/, as in the SegNet tutorial) and "folder" (SPLIT/images/ and
     SPLIT/masks/ with the same file stems). Every listed file must exist.
     """
-    if not os.path.isdir(data_dir):
-        raise DatasetError(
-            f"Dataset folder {data_dir!r} does not exist. {DOWNLOAD_HINT}"
-        )
+    check_dataset_folder(data_dir, layout)
     layout = detect_layout(data_dir) if layout == "auto" else layout
     if layout == "voc":
         pairs = _voc_pairs(data_dir, split)
@@ -394,6 +404,19 @@ def list_pairs(
     return pairs
 
 
+def _header_size(path: str) -> tuple[int, int]:
+    """`(width, height)` from a file's header; an unreadable file is named."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except OSError as error:
+        raise DatasetError(
+            f"Cannot read {path!r} ({error.__class__.__name__}: it is not an "
+            f"image PIL can open): replace it or remove it from the split. "
+            f"{VERIFY_HINT}"
+        ) from None
+
+
 def image_sizes(pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     """Read `(height, width)` of every pair from the file headers, checking both agree.
 
@@ -402,13 +425,7 @@ def image_sizes(pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
     """
     sizes = []
     for image_path, mask_path in pairs:
-        try:
-            with Image.open(image_path) as image, Image.open(mask_path) as mask:
-                image_size, mask_size = image.size, mask.size
-        except OSError as error:
-            raise DatasetError(
-                f"Cannot read {error.filename or image_path!r}: {error}"
-            ) from None
+        image_size, mask_size = _header_size(image_path), _header_size(mask_path)
         if image_size != mask_size:
             raise DatasetError(
                 f"Mask {mask_path!r} is {mask_size[0]}x{mask_size[1]} but image "
@@ -596,16 +613,23 @@ def remove_padding(
 
 
 def check_crop_size(crop_size: int, input_size_rule: Callable[[int], int]) -> None:
-    """Refuse a training crop the network cannot take, naming the nearest it can.
+    """Refuse a training crop the network cannot take, naming the sizes around it.
 
     `input_size_rule(size)` is the smallest size >= `size` that the network
     takes (each training script defines its own `input_size_rule`).
     """
-    if input_size_rule(crop_size) != crop_size:
-        raise DatasetError(
-            f"--crop-size {crop_size}: this network cannot take {crop_size} pixels; "
-            f"the nearest size it takes is {input_size_rule(crop_size)}"
-        )
+    above = input_size_rule(crop_size)
+    if above == crop_size:
+        return
+    below = next(
+        (size for size in range(crop_size - 1, 0, -1) if input_size_rule(size) == size),
+        None,
+    )
+    nearest = f"{below} or {above}" if below else f"{above}"
+    raise DatasetError(
+        f"--crop-size {crop_size}: this network cannot take {crop_size} pixels; "
+        f"the nearest sizes it takes are {nearest}"
+    )
 
 
 def _training_examples(files, load, cache: bool, seed: int) -> tf.data.Dataset:

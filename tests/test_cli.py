@@ -27,7 +27,7 @@ def test_crop_check_names_the_nearest_size(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.check_crop_size(parser, 65, lambda size: -(-size // 32) * 32)
     assert exit_info.value.code == 2
-    assert "cannot take 65 pixels; the nearest size it takes is 96" in (
+    assert "cannot take 65 pixels; the nearest sizes it takes are 64 or 96" in (
         capsys.readouterr().err
     )
 

@@ -46,8 +46,14 @@ def test_help_states_every_default(script):
             ["--ignore-index", "300"],
             "argument --ignore-index: must be an integer 0-255",
         ),
-        (["--crop-size", "100"], "cannot take 100 pixels; the nearest size it takes"),
-        (["--padding", "valid", "--crop-size", "500"], "nearest size it takes is 508"),
+        (
+            ["--crop-size", "100"],
+            "cannot take 100 pixels; the nearest sizes it takes are 96 or 112",
+        ),
+        (
+            ["--padding", "valid", "--crop-size", "500"],
+            "nearest sizes it takes are 492 or 508",
+        ),
         (["--dataset", "pets"], "argument --dataset: invalid choice: 'pets'"),
     ],
 )
@@ -69,7 +75,7 @@ def test_bad_flag_is_one_line_before_anything_runs(
 def test_deeplab_checks_crop_against_output_stride(capsys):
     with pytest.raises(SystemExit):
         deeplab_train.parse_args(["--crop-size", "100", "--output-stride", "16"])
-    assert "the nearest size it takes is 112" in capsys.readouterr().err
+    assert "the nearest sizes it takes are 96 or 112" in capsys.readouterr().err
 
 
 def test_missing_dataset_leaves_no_run_folder(tmp_path):

@@ -67,8 +67,9 @@ def test_resume_command_adds_the_run_folder_once(tmp_path, monkeypatch):
 
 def test_interruption_message_counts_the_finished_epochs(tmp_path):
     args = run_args(tmp_path, [])
-    assert "no epoch had finished, so nothing is saved" in (
-        results.interruption_message(args)
+    assert results.interruption_message(args) == (
+        "Stopped by Ctrl-C before the first epoch finished: nothing is saved, so "
+        "there is nothing to resume."
     )
     os.makedirs(args.output_dir)
     with open(os.path.join(args.output_dir, "history.csv"), "w") as f:
