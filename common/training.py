@@ -75,6 +75,11 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
     args.output_dir = args.output_dir or os.path.join(
         "runs", f"{script}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
+    if os.path.isfile(args.output_dir):
+        raise InputError(
+            f"--output-dir {args.output_dir}: this is a file; give the folder of a "
+            "run to resume, or a new folder."
+        )
     print(
         f"{describe_devices(strategy)} · global batch {args.global_batch_size} · "
         f"learning rate {args.learning_rate:g} · {policy}"

@@ -87,6 +87,12 @@ def test_training_checks_weight_files_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(InputError, match="--output-dir .*notes.txt: this is a file"):
+        unet_train.main(["--output-dir", str(tmp_path / "notes.txt")])
+
+
 def test_a_corrupt_label_names_the_label_file(shapes_dir, tmp_path):
     data_dir = shutil.copytree(shapes_dir, tmp_path / "shapes")
     mask = data_dir / "SegmentationClass" / "shapes_00005.png"
