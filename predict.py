@@ -3,9 +3,11 @@
     python predict.py --model runs/unet-voc-TIME/best.keras photo.jpg holidays/ clip.mp4
 
 For every image it writes `NAME_mask.png`, a VOC palette PNG (opens as a VOC
-style label, class index = pixel value), and `NAME_overlay.jpg`: the image at
-its own size, tinted with the coloured mask and each region outlined, with a
-legend of the classes present beside it. A video becomes `NAME_overlay.mp4`.
+style label, class index = pixel value), and `NAME_overlay.jpg`: the image tinted
+with the coloured mask, each region edged with a band of its class colour and a
+white line, and a legend of the classes present below it (images under 256 px
+are scaled up, nearest neighbour, so that small ones stay readable). A video
+becomes `NAME_overlay.mp4`.
 It names every file it writes (or, for many inputs, the folder and the count).
 Images of any size work (padded for the network, cropped back); greyscale and
 RGBA inputs are converted; JPEG EXIF orientation is applied (OpenCV does it on
@@ -60,8 +62,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--alpha",
         type=float,
-        default=0.6,
-        help="opacity of the class colours in the overlay (default: %(default)s)",
+        default=0.4,
+        help="opacity of the class tint in the overlay; each region also gets a "
+        "solid band of its class colour along its border, which carries the match "
+        "to the legend, so a light tint keeps the image readable "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--scales", default="1.0", help="test scales, e.g. 0.75,1.0,1.25 (default: 1.0)"
@@ -103,6 +108,12 @@ def segment(model, rgb: np.ndarray, scales, flip: bool, crf_settings=None):
     return inference.to_numpy_labels(probabilities)
 
 
+# Overlays of smaller images are scaled up to this short side, so that regions,
+# outlines and legend text are legible (a 64 px image would be a thumbnail).
+MIN_OVERLAY_SIDE = 256
+LEGEND_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
 def overlay(
     rgb: np.ndarray,
     labels: np.ndarray,
@@ -110,59 +121,108 @@ def overlay(
     alpha: float,
     legend_indices: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The image, tinted by class and outlined, with a legend panel to its right.
+    """The image, tinted and outlined by class, above a legend no wider than it.
 
-    Readable on real photos: VOC's palette is dark, so a plain 50 % blend turns
-    a photo murky. Class 0 (VOC's background) has the palette's black, which
-    would only darken the picture: its pixels stay untinted. The other classes
-    are blended at `alpha`, and every region border is drawn in white, which
-    shows on dark and mid-tone photos alike. The image keeps its own size; the
-    output is taller than it only when the legend needs the room. The legend
-    lists `legend_indices` (default: the classes present).
+    rgb: uint8 `(H, W, 3)`; labels: class indices `(H, W)`. An image whose
+    short side is under `MIN_OVERLAY_SIDE` is first scaled up by a whole
+    factor (`upscaled`). Returns uint8 `(H', W', 3)` with `W'` the (scaled)
+    image's width and the legend, which lists `legend_indices` (default: the
+    classes present), in the rows below the image.
+    """
+    rgb, labels = upscaled(rgb, labels, MIN_OVERLAY_SIDE)
+    blended = tint_and_outline(rgb, labels, alpha)
+    if legend_indices is None:
+        legend_indices = np.unique(labels)
+    panel = legend_panel(legend_indices, names, blended.shape[1])
+    return np.concatenate([blended, panel], axis=0)
+
+
+def upscaled(
+    rgb: np.ndarray, labels: np.ndarray, min_side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`rgb` and `labels` repeated by the smallest whole factor giving `min_side`.
+
+    Both by nearest neighbour: each pixel becomes a block, so an outline still
+    falls on the very pixels the model labelled, and labels stay labels.
+    """
+    factor = -(-min_side // min(labels.shape))  # ceil(min_side / short side)
+    if factor <= 1:
+        return rgb, labels
+    return (
+        rgb.repeat(factor, axis=0).repeat(factor, axis=1),
+        labels.repeat(factor, axis=0).repeat(factor, axis=1),
+    )
+
+
+def tint_and_outline(rgb: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    """Class regions blended at `alpha`, edged with a solid band of their own colour.
+
+    A blend mixes the class colour with the photo under it, so on saturated
+    objects its tint no longer matches the legend; the band just inside each
+    region's border is the palette colour itself, and a 1-pixel white line on
+    the border separates neighbouring regions on dark and light photos alike.
+    Class 0 (VOC's background, black in the palette) stays untinted: it would
+    only darken the picture.
     """
     colors = plots.colorize(labels)
     tinted = cv2.addWeighted(rgb, 1 - alpha, colors, alpha, 0)
     blended = np.where((labels == 0)[..., None], rgb, tinted)
-    blended[label_boundaries(labels)] = 255
-    if legend_indices is None:
-        legend_indices = np.unique(labels)
-    panel = legend_panel(legend_indices, names, rgb.shape[0])
-    height = max(blended.shape[0], panel.shape[0])
-    canvas = np.zeros((height, blended.shape[1] + panel.shape[1], 3), np.uint8)
-    canvas[: blended.shape[0], : blended.shape[1]] = blended
-    canvas[: panel.shape[0], blended.shape[1] :] = panel
-    return canvas
+    border = label_boundaries(labels)
+    width = 2 * max(1, round(min(labels.shape) / 100)) + 1  # 3 px a side at 256.
+    near_border = cv2.dilate(border.astype(np.uint8), np.ones((width, width)))
+    band = near_border.astype(bool) & (labels != 0)
+    blended[band] = colors[band]
+    blended[border] = 255
+    return blended
 
 
-LEGEND_FONT = cv2.FONT_HERSHEY_SIMPLEX
+def legend_panel(indices: np.ndarray, names: Sequence[str], width: int) -> np.ndarray:
+    """A black panel, `width` wide, with each class's colour swatch and name.
 
-
-def legend_panel(indices: np.ndarray, names: Sequence[str], height: int):
-    """A black panel listing each class index with its colour swatch and name.
-
-    At least `height` tall (one image's height), and wide and tall enough for
-    every entry; text grows with big images so that it stays legible.
+    Entries fill as many columns as fit in `width` (the image's), then wrap
+    to more rows; a name longer than the whole width is cut short with "..".
+    Text grows with wide images so that it stays legible. Returns uint8
+    `(rows, width, 3)`, the same for the same `indices` and `width` (video
+    frames keep one size).
     """
-    scale = max(0.45, height / 800)
+    scale = max(0.45, width / 1200)
     row = int(round(36 * scale))
-    labels = [names[i] if i < len(names) else str(i) for i in indices]
-    text_width = max(
-        cv2.getTextSize(text, LEGEND_FONT, scale, 1)[0][0] for text in labels
-    )
-    panel = np.zeros(
-        (max(height, row * len(labels) + row // 2), text_width + 2 * row, 3), np.uint8
-    )
+    swatch, gap = int(row * 0.7), row // 3
+    room = width - 2 * gap - swatch - row // 4  # For the text of a lone column.
+    labels = [
+        fitted_text(names[i] if i < len(names) else str(i), scale, room)
+        for i in indices
+    ]
+    cell = max((text_width(text, scale) for text in labels), default=0)
+    cell += swatch + row // 4 + 2 * gap
+    columns = max(1, min(len(labels), (width - gap) // cell))
+    panel = np.zeros((row * -(-len(labels) // columns) + row // 2, width, 3), np.uint8)
     for number, (index, text) in enumerate(zip(indices, labels)):
-        top, side = row // 3 + row * number, int(row * 0.7)
-        corner = (row // 3, top), (row // 3 + side, top + side)
+        line, column = divmod(number, columns)
+        left, top = gap + cell * column, gap + row * line
+        corner = (left, top), (left + swatch, top + swatch)
         color = tuple(int(c) for c in plots.COLORMAP[index])
         cv2.rectangle(panel, *corner, color, thickness=-1)
         cv2.rectangle(panel, *corner, (255, 255, 255), thickness=1)
-        baseline = (row // 3 + side + row // 4, top + side - 1)
+        baseline = (left + swatch + row // 4, top + swatch - 1)
         cv2.putText(
             panel, text, baseline, LEGEND_FONT, scale, (255, 255, 255), 1, cv2.LINE_AA
         )
     return panel
+
+
+def text_width(text: str, scale: float) -> int:
+    """Pixels `text` takes in the legend's font at `scale`."""
+    return cv2.getTextSize(text, LEGEND_FONT, scale, 1)[0][0]
+
+
+def fitted_text(text: str, scale: float, room: int) -> str:
+    """`text`, cut short with ".." where it would be wider than `room` pixels."""
+    if text_width(text, scale) <= room:
+        return text
+    while len(text) > 1 and text_width(text + "..", scale) > room:
+        text = text[:-1]
+    return text + ".."
 
 
 def save_palette_png(labels: np.ndarray, path: str) -> None:

@@ -1,4 +1,8 @@
-"""Pictures a person would rather look at than read: curves and prediction grids."""
+"""Pictures a person would rather look at than read: curves and prediction grids.
+
+A run's prediction grid is chosen to show what the model gets wrong as well as
+right (`scored_examples`, `choose_examples`), not the first images of the split.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,20 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: works on servers and CI without a display.
+import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from common.constants import IGNORE_LABEL  # noqa: E402
-from common.voc import VOID_COLOR, voc_colormap  # noqa: E402
+from common.metrics import confusion_counts, mean_iou  # noqa: E402
+from common.voc import VOID_COLOR, remove_padding, voc_colormap  # noqa: E402
 
 COLORMAP = voc_colormap()  # 256 colours: VOC's 21 first, index 255 = void.
+# Validation images scored when choosing which to picture: a bounded cost (one
+# prediction pass over 200 images) even on VOC's 1,449 or a much larger split.
+MAX_CANDIDATES = 200
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -70,18 +80,90 @@ def plot_history(csv_path: str, out_path: str) -> None:
     plt.close(figure)
 
 
+def image_mean_iou(mask: np.ndarray, logits: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image: mask `(h, w)` labels, logits `(h, w, C)`; NaN if all void.
+
+    Only the classes in this image's truth or prediction count (the others are
+    NaN in `per_class_iou` and left out), so an image is scored on what it shows.
+    """
+    matrix = confusion_counts(mask[None], logits[None], num_classes)
+    return float(mean_iou(matrix))
+
+
+def scored_examples(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    sizes: list[tuple[int, int]],
+    num_classes: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
+    """Predict the first `len(sizes)` examples of an evaluation dataset and score each.
+
+    `dataset` yields padded batches `(images, masks)` or `(images, masks,
+    weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
+    are the images' own sizes (`voc.image_sizes`). Returns, cropped back to
+    those sizes, the images (uint8 `(h, w, 3)`), masks and predicted labels
+    (uint8 `(h, w)`, void 255) and each image's `image_mean_iou`. Logits are
+    dropped batch by batch: on VOC they are 21 floats a pixel.
+    """
+    images, masks, predictions, ious = [], [], [], []
+    for batch in dataset:
+        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
+        logits = np.asarray(model.predict_on_batch(batch_images))
+        # Padding is void in the masks, so it is never scored.
+        ious += [
+            image_mean_iou(mask, image_logits, num_classes)
+            for mask, image_logits in zip(batch_masks, logits)
+        ]
+        batch_sizes = sizes[len(images) :][: len(batch_images)]
+        margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
+        images += remove_padding(batch_images.astype(np.uint8), batch_sizes, margin)
+        masks += remove_padding(batch_masks.astype(np.uint8), batch_sizes)
+        labels = np.argmax(logits, axis=-1).astype(np.uint8)
+        predictions += remove_padding(labels, batch_sizes)
+        if len(images) == len(sizes):
+            break
+    return images, masks, predictions, ious[: len(sizes)]
+
+
+def choose_examples(
+    masks: Sequence[np.ndarray], ious: Sequence[float], count: int
+) -> list[int]:
+    """Indices of `count` examples to picture: every class shown, then the worst.
+
+    First a greedy cover of the classes in `masks` (void aside): repeatedly the
+    image with the most classes not yet shown (the first such, in dataset
+    order), until all are shown or `count` are taken. Then the lowest mean
+    IoU first (NaN, an all-void image, last). The first images of a split
+    would flatter a run: its rare classes and failures can lie further down.
+    """
+    unshown = [set(np.unique(mask).tolist()) - {IGNORE_LABEL} for mask in masks]
+    chosen: list[int] = []
+    while len(chosen) < count:
+        gains = [len(classes) for classes in unshown]
+        best = int(np.argmax(gains))
+        if gains[best] == 0:
+            break
+        chosen.append(best)
+        unshown = [classes - unshown[best] for classes in unshown]
+    worst_first = np.argsort(np.nan_to_num(ious, nan=np.inf), kind="stable")
+    chosen += [int(i) for i in worst_first if i not in chosen]
+    return chosen[:count]
+
+
 def compare_predictions(
     images: Sequence[np.ndarray],
     masks: Sequence[np.ndarray],
     predictions: dict[str, Sequence[np.ndarray]],
     class_names: Sequence[str],
     title: str = "",
+    row_titles: Sequence[str] | None = None,
 ) -> plt.Figure:
     """A grid: image | ground truth | one column per model, one row per example.
 
     images: uint8 or [0, 255] float `(H, W, 3)`; masks and every model's
     predictions: class indices `(H, W)`, one per image. `predictions` maps a
-    column title (e.g. "FCN-8s") to that model's predictions. The legend names
+    column title (e.g. "FCN-8s") to that model's predictions. `row_titles`
+    (e.g. each image's IoU) are written left of their rows. The legend names
     every class that appears in the grid. Returns the figure (notebooks show it).
     """
     rows, columns = len(images), 2 + len(predictions)
@@ -97,9 +179,13 @@ def compare_predictions(
         )
         for axis, panel, name in zip(axes[row], panels, names):
             axis.imshow(panel, interpolation="nearest")
-            axis.set_axis_off()
+            # No ticks or frame, but unlike set_axis_off() the row title stays.
+            axis.set(xticks=[], yticks=[])
+            axis.spines[:].set_visible(False)
             if row == 0:
                 axis.set_title(name)
+        if row_titles is not None:
+            axes[row][0].set_ylabel(row_titles[row], fontsize=11)
     shown = [*masks, *(p for column in predictions.values() for p in column)]
     handles = legend_handles(shown, class_names)
     figure.legend(
@@ -118,14 +204,16 @@ def plot_predictions(
     class_names: Sequence[str],
     out_path: str,
     title: str = "",
+    row_titles: Sequence[str] | None = None,
 ) -> None:
     """Save image | ground truth | prediction, one row per example, to `out_path`.
 
     images: uint8 or [0, 255] float `(H, W, 3)`; masks and predictions: class
-    indices `(H, W)`. The legend names every class that appears in the grid.
+    indices `(H, W)`. `row_titles` go left of their rows (e.g. "IoU 0.83").
+    The legend names every class that appears in the grid.
     """
     figure = compare_predictions(
-        images, masks, {"prediction": predictions}, class_names, title
+        images, masks, {"prediction": predictions}, class_names, title, row_titles
     )
     figure.savefig(out_path, dpi=100)
     plt.close(figure)

@@ -184,7 +184,13 @@ def plot_run(
     dataset: voc.DatasetSpec,
     val_ds: tf.data.Dataset,
 ) -> None:
-    """`curves.png` from history.csv and `predictions.png` of the first val images."""
+    """`curves.png` from history.csv and `predictions.png` of hits and misses.
+
+    predictions.png shows `args.num_predictions` validation images (none for
+    0) picked among the first `plots.MAX_CANDIDATES` (200, to bound the cost):
+    every class they contain at least once, then the lowest per-image mean
+    IoU (`plots.choose_examples`). Each row names its image and that IoU.
+    """
     plots.plot_history(
         os.path.join(args.output_dir, "history.csv"),
         os.path.join(args.output_dir, "curves.png"),
@@ -192,19 +198,22 @@ def plot_run(
     count = args.num_predictions
     if count <= 0:
         return
-    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)[:count]
-    sizes = voc.image_sizes(pairs)
-    images, masks = next(iter(val_ds.unbatch().batch(len(sizes))))
-    images, masks = images.numpy(), masks.numpy()
-    predictions = np.argmax(model.predict(images, verbose=0), axis=-1)
-    margin = (images.shape[1] - masks.shape[1]) // 2  # Valid-padding U-Net.
+    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)
+    pairs = pairs[: plots.MAX_CANDIDATES]
+    images, masks, predictions, ious = plots.scored_examples(
+        model, val_ds, voc.image_sizes(pairs), dataset.num_classes
+    )
+    chosen = plots.choose_examples(masks, ious, count)
+    stems = [os.path.splitext(os.path.basename(pairs[i][0]))[0] for i in chosen]
     plots.plot_predictions(
-        voc.remove_padding(images, sizes, margin),
-        voc.remove_padding(masks, sizes),
-        voc.remove_padding(predictions, sizes),
+        [images[i] for i in chosen],
+        [masks[i] for i in chosen],
+        [predictions[i] for i in chosen],
         dataset.class_names,
         os.path.join(args.output_dir, "predictions.png"),
-        title=f"{model.name} on {args.dataset} {args.val_split}",
+        title=f"{model.name} on {args.dataset} {args.val_split}: every class, "
+        f"then the lowest IoU of the first {len(ious)} images",
+        row_titles=[f"{stem}\nIoU {ious[i]:.2f}" for stem, i in zip(stems, chosen)],
     )
 
 

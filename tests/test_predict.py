@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 import predict
+from common import plots
 from common.voc import decode_mask
 
 
@@ -72,30 +73,45 @@ def test_many_inputs_get_one_summary_line(tmp_path, capsys, monkeypatch):
                      "NAME_overlay.mp4 per video)"]  # fmt: skip
 
 
-def test_overlay_keeps_the_image_s_size_with_the_legend_beside_it():
-    rgb = np.full((20, 30, 3), 90, np.uint8)  # shorter than a 3-class legend
-    labels = np.zeros((20, 30), np.uint8)
-    labels[5:15, 5:12], labels[5:15, 18:25] = 1, 2
-    names = ["background", "aeroplane", "a rather long class name"]
+def test_small_overlay_is_scaled_up_with_the_legend_below_no_wider():
+    rgb = np.full((64, 48, 3), 90, np.uint8)  # The demo's size, or smaller.
+    labels = np.zeros((64, 48), np.uint8)
+    labels[10:40, 10:30] = 1
+    names = ["background", "aeroplane", "a class name far too long to fit in 256 px"]
 
-    canvas = predict.overlay(rgb, labels, names, alpha=0.6)
+    canvas = predict.overlay(rgb, labels, names, 0.4, np.arange(3))
 
-    # Three legend rows need more than 20 pixels: the canvas grows, not shrinks.
-    assert canvas.shape[0] > 20 and canvas.shape[1] > 30
-    image_part = canvas[:20, :30]
-    assert (canvas[20:, :30] == 0).all()  # below the image: padding only
-    # Background pixels away from any border stay the photo itself...
-    assert (image_part[0, 0] == 90).all()
-    # ...class regions are tinted and their borders drawn in white.
-    assert not (image_part[10, 8] == 90).all()
-    assert (image_part[5, 8] == 255).all()
-    legend = canvas[:, 30:]
+    # Short side 48 -> 288 (factor 6), and not one column wider for the legend.
+    assert canvas.shape[1] == 288 and canvas.shape[0] > 384
+    image_part, legend = canvas[:384], canvas[384:]
+    assert (image_part[0, 0] == 90).all()  # Background stays the photo.
+    # Each labelled pixel is now a 6x6 block; its border is white, just inside
+    # it a band of the class's own colour, and the middle a tint.
+    assert (image_part[60, 100] == 255).all()
+    np.testing.assert_array_equal(image_part[63, 100], plots.COLORMAP[1])
+    tint = image_part[150, 120]
+    assert not (tint == 90).all() and not (tint == plots.COLORMAP[1]).all()
+    # The legend stays inside the image's width: the long name is cut short.
     inked = np.flatnonzero(legend.any(axis=(0, 2)))
-    # The long name is written out (~24 characters), and ends before the edge.
-    assert inked.size > 120 and inked[-1] < legend.shape[1] - 1
-    big_labels = np.kron(labels, np.ones((30, 30), np.uint8))  # (600, 900)
-    big = predict.overlay(np.zeros((600, 900, 3), np.uint8), big_labels, names, 0.6)
-    assert big.shape[0] == 600 and big.shape[1] > 900
+    assert inked.size > 150 and inked[-1] < legend.shape[1] - 1
+
+
+def test_overlay_size_depends_on_the_image_and_legend_only():
+    names = [f"class {index}" for index in range(21)]
+    big = predict.overlay(
+        np.zeros((600, 900, 3), np.uint8), np.zeros((600, 900), np.uint8), names, 0.4
+    )
+    # Big enough already: the image keeps its size, the legend adds rows below.
+    assert big.shape[1] == 900 and big.shape[0] > 600 and (big[:600] == 0).all()
+    # A video's frames list every class, so all have one size whatever they show.
+    every_class = np.arange(21)
+    frames = [
+        predict.overlay(
+            np.zeros((32, 40, 3), np.uint8), labels, names, 0.4, every_class
+        )
+        for labels in (np.zeros((32, 40), np.uint8), np.full((32, 40), 7, np.uint8))
+    ]
+    assert frames[0].shape == frames[1].shape and frames[0].shape[1] == 320
 
 
 def test_unreadable_file_is_skipped_and_counted(tmp_path, capsys):
