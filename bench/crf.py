@@ -1,14 +1,18 @@
 """What the dense CRF buys and costs, on real VOC images with a simulated network.
 
-    python bench/crf.py                           # the 40 VOC sample pairs
-    python bench/crf.py --data-dir data/VOCdevkit/VOC2012 --limit 100
+    bash data/voc_download.sh                     # once: PASCAL VOC 2012
+    python bench/crf.py                           # the README's table
+    python bench/crf.py --split val --limit 4     # a quick look
 
-For every image of the split, the ground truth is turned into what an output
-stride 8 network might predict (`crf.simulated_stride8_probabilities`: void
-filled from its neighbours, boundaries displaced by a smooth random field, one-hot
-averaged over 8 x 8 cells, noisy logits, bilinear upsampling), and scored with
-and without `crf.dense_crf` at DeepLab's VOC settings: mean IoU over the split,
-and trimap mean IoU within 4, 8 and 16 pixels of a boundary (void excluded).
+The images are the 40 listed in `bench/voc_sample_ids.txt` (28 of VOC's train
+split, 12 of its val split), read from `--data-dir`, so every VOC download gives
+the same table. For every image of the split, the ground truth is turned into
+what an output stride 8 network might predict
+(`crf.simulated_stride8_probabilities`: void filled from its neighbours,
+boundaries displaced by a smooth random field, one-hot averaged over 8 x 8
+cells, noisy logits, bilinear upsampling), and scored with and without
+`crf.dense_crf` at DeepLab's VOC settings: mean IoU over the split, and trimap
+mean IoU within 4, 8 and 16 pixels of a boundary (void excluded).
 The last line is the CRF's time per image (21 classes) on this machine.
 """
 
@@ -25,23 +29,68 @@ import numpy as np  # noqa: E402
 
 from bench.harness import device_name  # noqa: E402
 from common import crf, voc  # noqa: E402
+from common.cli import run_cli  # noqa: E402
+from common.errors import DatasetError  # noqa: E402
 from common.metrics import ConfusionMatrix, mean_iou, trimap_mask  # noqa: E402
 
-SAMPLE_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "..",
-    "shared",
-    "data",
-    "voc_sample",
-    "VOC2012",
-)
+# "ID SPLIT" per line: the VOC images the benchmarks read, whoever runs them.
+SAMPLE_IDS_FILE = os.path.join(os.path.dirname(__file__), "voc_sample_ids.txt")
+SPLITS = ("train", "val", "trainval")
 BANDS = (None, 4, 8, 16)
+
+
+def sample_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
+    """`(image_path, mask_path)` in the VOC2012 folder `data_dir` for each image of
+    `split` in `voc_sample_ids.txt`, in the file's order; stops if any file is
+    missing, naming it."""
+    with open(SAMPLE_IDS_FILE) as f:
+        rows = [line.split() for line in f if line.strip() and line[0] != "#"]
+    ids = [
+        image_id for image_id, image_split in rows if split in (image_split, "trainval")
+    ]
+    pairs = [
+        (
+            os.path.join(data_dir, "JPEGImages", f"{image_id}.jpg"),
+            os.path.join(data_dir, "SegmentationClass", f"{image_id}.png"),
+        )
+        for image_id in ids
+    ]
+    hint = (
+        "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, or point "
+        "--data-dir at the VOC2012 folder that holds JPEGImages/."
+    )
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"--data-dir {data_dir} does not exist. {hint}")
+    missing = [
+        os.path.relpath(path, data_dir)
+        for pair in pairs
+        for path in pair
+        if not os.path.isfile(path)
+    ]
+    if missing:
+        named = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise DatasetError(
+            f"--data-dir {data_dir} lacks {len(missing)} of the {2 * len(ids)} "
+            f"files that bench/voc_sample_ids.txt lists for {split}: {named}. {hint}"
+        )
+    return pairs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=SAMPLE_DIR, help="a VOC2012 folder")
-    parser.add_argument("--split", default="trainval", help="default: %(default)s")
+    parser.add_argument(
+        "--data-dir",
+        default=voc.VOC_DIR,
+        help="your PASCAL VOC 2012 folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="trainval",
+        help="which images of bench/voc_sample_ids.txt (default: %(default)s)",
+    )
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument(
         "--noise", type=float, default=1.0, help="logit noise (default: %(default)s)"
@@ -59,7 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     crf.require_pydensecrf()
-    pairs = voc.list_pairs(args.data_dir, args.split, "voc")[: args.limit]
+    pairs = sample_pairs(args.data_dir, args.split)[: args.limit]
     num_classes = len(voc.VOC_CLASSES)
     metrics = {
         (method, band): ConfusionMatrix(num_classes)
@@ -100,4 +149,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,10 +1,13 @@
 """Does the model ever wait for data? The input pipeline vs each model's step.
 
-    python bench/pipeline.py                # every model, VOC sample if present
-    python bench/pipeline.py --models unet fcn8s --data-dir data/VOCdevkit/VOC2012
+    bash data/voc_download.sh               # once: PASCAL VOC 2012
+    python bench/pipeline.py --steps 3      # the README's table, every model
+    python bench/pipeline.py --models unet fcn8s
 
-For each architecture at its script's default crop (FCN 320, U-Net 256,
-SegNet 360, DeepLab 512), three measurements:
+The pipeline reads the 28 train images of `bench/voc_sample_ids.txt` from
+`--data-dir`, so every VOC download gives the same workload. For each
+architecture at its script's default crop (FCN 320, U-Net 256, SegNet 360,
+DeepLab 512), three measurements:
 1. `make_dataset` alone in training mode (decode, scale, pad, crop, flip, batch);
 2. `model.fit` on one batch held in memory (the model's own speed: baseline);
 3. `model.fit` on the real pipeline.
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from bench.crf import sample_pairs  # noqa: E402
 from bench.harness import (  # noqa: E402
     MODELS,
     add_models_arg,
@@ -35,20 +41,27 @@ from bench.harness import (  # noqa: E402
     in_fresh_process,
     peak_memory_mb,
 )
-from common import shapes  # noqa: E402
+from common.cli import run_cli  # noqa: E402
 from common.losses import segmentation_loss  # noqa: E402
 from common.training import StepTimer  # noqa: E402
-from common.voc import make_dataset  # noqa: E402
+from common.voc import VOC_DIR, make_dataset  # noqa: E402
 
-VOC_SAMPLE = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)),
-    "..",
-    "..",
-    "shared",
-    "data",
-    "voc_sample",
-    "VOC2012",
-)
+
+def copy_as_voc_split(pairs: list[tuple[str, str]], data_dir: str, split: str) -> None:
+    """Copy `pairs` into a new VOC folder `data_dir` whose `split` lists just them.
+
+    `make_dataset`, which is what this benchmark times, reads a VOC split file,
+    and VOC's own train.txt lists 1,464 images, not the benchmark's 28.
+    """
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        os.makedirs(os.path.join(data_dir, folder))
+    for image_path, mask_path in pairs:
+        shutil.copy(image_path, os.path.join(data_dir, "JPEGImages"))
+        shutil.copy(mask_path, os.path.join(data_dir, "SegmentationClass"))
+    ids = [os.path.splitext(os.path.basename(image))[0] for image, _ in pairs]
+    split_file = os.path.join(data_dir, "ImageSets", "Segmentation", f"{split}.txt")
+    with open(split_file, "w") as f:
+        f.write("\n".join(ids) + "\n")
 
 
 def time_pipeline(dataset: tf.data.Dataset, batches: int, warmup: int) -> float:
@@ -80,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_models_arg(parser)
     parser.add_argument(
-        "--data-dir", help="VOC-layout folder (default: VOC sample or shapes)"
+        "--data-dir",
+        default=VOC_DIR,
+        help="your PASCAL VOC 2012 folder (default: %(default)s)",
     )
     parser.add_argument(
         "--crop-size",
@@ -140,11 +155,13 @@ def measure(name: str, data_dir: str, args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    data_dir = args.data_dir or (
-        VOC_SAMPLE if os.path.isdir(VOC_SAMPLE) else shapes.generate_shapes()
+    pairs = sample_pairs(args.data_dir, "train")
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as data_dir:
+        copy_as_voc_split(pairs, data_dir, "train")
+        rows = [in_fresh_process(measure, name, data_dir, args) for name in args.models]
+    print(
+        f"\n{os.path.abspath(args.data_dir)}: batch {args.batch_size}, {device_name()}"
     )
-    rows = [in_fresh_process(measure, name, data_dir, args) for name in args.models]
-    print(f"\n{os.path.abspath(data_dir)}: batch {args.batch_size}, {device_name()}")
     header = ("crop", "data img/s", "memory ms", "real ms", "peak MB", "real/mem")
     print(f"{'model':<26}" + "".join(f"{h:>11}" for h in header))
     for row in rows:
@@ -157,4 +174,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

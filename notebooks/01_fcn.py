@@ -65,6 +65,12 @@ from common.plots import compare_predictions
 # cell, not to learn anything. Without it, each variant trains for `EPOCHS` epochs
 # at 1/8 of VGG-16's width on `shapes` (a few minutes each on a CPU), or on VOC if
 # `data/VOCdevkit/VOC2012` exists (use a GPU and `WIDTH = 1.0` for that).
+#
+# The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
+# folder each time you run the notebook (its path is printed below). To keep them
+# somewhere else, set the environment variable `NOTEBOOK_OUTPUT_DIR` to an empty
+# folder before starting Jupyter (the tests point it at a folder of their own); a
+# folder that already holds a run would resume that run.
 
 # %%
 QUICK = bool(os.environ.get("QUICK_RUN"))
@@ -77,7 +83,7 @@ DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 WIDTH = 0.0625 if QUICK else 0.125  # Fraction of VGG-16's channels.
 CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
-OUTPUT_DIR = tempfile.mkdtemp(prefix="01_fcn-")
+OUTPUT_DIR = os.environ.get("NOTEBOOK_OUTPUT_DIR") or tempfile.mkdtemp(prefix="01_fcn-")
 TRAINING_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR),
     *("--backbone-weights", "none", "--width", str(WIDTH)),

@@ -57,6 +57,12 @@ from common import shapes, voc
 # `QUICK_RUN=1` (the tests) trains a tiny U-Net for a few steps, enough to run every
 # cell. Without it, the U-Net of the script's demo command (16, 32, 64, 128 filters)
 # trains for `EPOCHS` epochs on `shapes`, or on VOC if `data/VOCdevkit/VOC2012` exists.
+#
+# The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
+# folder each time you run the notebook (its path is printed below). To keep them
+# somewhere else, set the environment variable `NOTEBOOK_OUTPUT_DIR` to an empty
+# folder before starting Jupyter (the tests point it at a folder of their own); a
+# folder that already holds a run would resume that run.
 
 # %%
 QUICK = bool(os.environ.get("QUICK_RUN"))
@@ -69,7 +75,9 @@ DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 FILTERS = (4, 8, 16, 32) if QUICK else (16, 32, 64, 128)
 CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
-OUTPUT_DIR = tempfile.mkdtemp(prefix="02_unet-")
+OUTPUT_DIR = os.environ.get("NOTEBOOK_OUTPUT_DIR") or tempfile.mkdtemp(
+    prefix="02_unet-"
+)
 TRAINING_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR, "--output-dir", OUTPUT_DIR),
     *("--filters", *(str(f) for f in FILTERS)),

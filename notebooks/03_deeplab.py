@@ -66,6 +66,12 @@ from common import shapes, voc
 # `QUICK_RUN=1` (the tests) trains a narrow DeepLab v3+ for a few steps, enough to
 # run every cell. Without it, DeepLab v3+ on MobileNetV2 trains for `EPOCHS` epochs
 # on `shapes`, or on VOC if `data/VOCdevkit/VOC2012` exists.
+#
+# The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
+# folder each time you run the notebook (its path is printed below). To keep them
+# somewhere else, set the environment variable `NOTEBOOK_OUTPUT_DIR` to an empty
+# folder before starting Jupyter (the tests point it at a folder of their own); a
+# folder that already holds a run would resume that run.
 
 # %%
 QUICK = bool(os.environ.get("QUICK_RUN"))
@@ -77,7 +83,9 @@ DATASET = os.environ.get("NOTEBOOK_DATASET") or (
 DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
-OUTPUT_DIR = tempfile.mkdtemp(prefix="03_deeplab-")
+OUTPUT_DIR = os.environ.get("NOTEBOOK_OUTPUT_DIR") or tempfile.mkdtemp(
+    prefix="03_deeplab-"
+)
 TRAINING_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR, "--output-dir", OUTPUT_DIR),
     *("--variant", "v3plus", "--backbone", "mobilenetv2"),

@@ -60,6 +60,12 @@ from common.plots import compare_predictions
 # `QUICK_RUN=1` (the tests) trains SegNet-Basic for a few steps, enough to run every
 # cell. Without it, both networks below train for `EPOCHS` epochs on `shapes` (the
 # script's demo command), or on VOC if `data/VOCdevkit/VOC2012` exists.
+#
+# The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
+# folder each time you run the notebook (its path is printed below). To keep them
+# somewhere else, set the environment variable `NOTEBOOK_OUTPUT_DIR` to an empty
+# folder before starting Jupyter (the tests point it at a folder of their own); a
+# folder that already holds a run would resume that run.
 
 # %%
 QUICK = bool(os.environ.get("QUICK_RUN"))
@@ -72,7 +78,9 @@ DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
 BATCH_SIZE = 2 if QUICK else 8
-OUTPUT_DIR = tempfile.mkdtemp(prefix="04_segnet-")
+OUTPUT_DIR = os.environ.get("NOTEBOOK_OUTPUT_DIR") or tempfile.mkdtemp(
+    prefix="04_segnet-"
+)
 TRAINING_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR, "--variant", "basic"),
     *("--crop-size", str(CROP_SIZE), "--batch-size", str(BATCH_SIZE)),

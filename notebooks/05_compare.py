@@ -69,6 +69,12 @@ from common.plots import compare_predictions
 # versions of the four (FCN at 1/8 of VGG-16's width, U-Net with 16-128 filters,
 # SegNet-Basic, DeepLab v3+ on MobileNetV2), none pretrained. `SHARED_ARGS` is the
 # budget they share.
+#
+# The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
+# folder each time you run the notebook (its path is printed below). To keep them
+# somewhere else, set the environment variable `NOTEBOOK_OUTPUT_DIR` to an empty
+# folder before starting Jupyter (the tests point it at a folder of their own); a
+# folder that already holds a run would resume that run.
 
 # %%
 QUICK = bool(os.environ.get("QUICK_RUN"))
@@ -82,7 +88,9 @@ DATA_DIR = VOC_DIR if DATASET == "voc" else shapes.generate_shapes()
 CLASS_NAMES = voc.VOC_CLASSES if DATASET == "voc" else shapes.SHAPES_CLASSES
 CROP_SIZE = 64 if QUICK or DATASET == "shapes" else 128  # shapes: 64 x 64 images.
 BATCH_SIZE = 4 if QUICK else 8
-OUTPUT_DIR = tempfile.mkdtemp(prefix="05_compare-")
+OUTPUT_DIR = os.environ.get("NOTEBOOK_OUTPUT_DIR") or tempfile.mkdtemp(
+    prefix="05_compare-"
+)
 SHARED_ARGS = [
     *("--dataset", DATASET, "--data-dir", DATA_DIR, "--seed", "0"),
     *("--crop-size", str(CROP_SIZE), "--batch-size", str(BATCH_SIZE)),

@@ -4,7 +4,9 @@
 `notebooks/NAME.ipynb` its paired copy, committed without outputs; after editing
 either, run `jupytext --sync notebooks/NAME.py`. Each notebook is then executed
 top to bottom in a fresh kernel with QUICK_RUN=1 on the `shapes` data, as a
-reader would run it in Jupyter (started in `notebooks/`).
+reader would run it in Jupyter (started in `notebooks/`), with its training
+runs and temporary files in the test's `tmp_path` (NOTEBOOK_OUTPUT_DIR, TMPDIR),
+not the system's temporary folder, and the kernel shut down at the end.
 """
 
 from __future__ import annotations
@@ -70,10 +72,15 @@ def kernel_specs(tmp_path_factory) -> KernelSpecManager:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_in_quick_mode(name, kernel_specs, monkeypatch):
+def test_notebook_runs_in_quick_mode(name, kernel_specs, tmp_path, monkeypatch):
     monkeypatch.setenv("QUICK_RUN", "1")
     monkeypatch.setenv("NOTEBOOK_DATASET", "shapes")
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("NOTEBOOK_OUTPUT_DIR", str(tmp_path / "outputs"))
+    # The kernel's own temporary files (TensorFlow's autograph sources, deleted
+    # only when the kernel exits cleanly) go under tmp_path too.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     notebook = jupytext.read(os.path.join(NOTEBOOK_DIR, f"{name}.py"))
     client = NotebookClient(
         notebook,
@@ -81,7 +88,9 @@ def test_notebook_runs_in_quick_mode(name, kernel_specs, monkeypatch):
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": NOTEBOOK_DIR}},
     )
-    client.execute()  # Raises CellExecutionError, with the cell, on any error.
+    # nbclient leaves a kernel it did not start (km=) running unless told to
+    # shut it down, and a kernel left running never deletes its connection file.
+    client.execute(cleanup_kc=True)  # Raises CellExecutionError on any error.
     images = sum(
         "image/png" in output.get("data", {})
         for cell in notebook.cells
