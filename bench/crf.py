@@ -1,7 +1,7 @@
 """What the dense CRF buys and costs, on real VOC images with a simulated network.
 
     bash data/voc_download.sh                     # once: PASCAL VOC 2012
-    python bench/crf.py                           # the README's table
+    python bench/crf.py                           # the table of docs/crf.md
     python bench/crf.py --split val --limit 4     # a quick look
 
 The images are the 40 listed in `bench/voc_sample_ids.txt` (28 of VOC's train

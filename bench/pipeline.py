@@ -1,7 +1,7 @@
 """Does the model ever wait for data? The input pipeline vs each model's step.
 
     bash data/voc_download.sh               # once: PASCAL VOC 2012
-    python bench/pipeline.py --steps 3      # the README's table, every model
+    python bench/pipeline.py --steps 3      # the table of docs/speed.md, every model
     python bench/pipeline.py --models unet fcn8s
 
 The pipeline reads the 28 train images of `bench/voc_sample_ids.txt` from

@@ -356,8 +356,8 @@ def _add_scale_args(scale: argparse._ArgumentGroup) -> None:
         default="auto",
         help="tf.distribute strategy; auto = mirrored when several GPUs are visible, "
         "else default (one device); multiworker = several machines, configured by "
-        "TF_CONFIG, trained by a custom loop with --sync-bn forced on (README: "
-        "Several machines) (default: %(default)s)",
+        "TF_CONFIG, trained by a custom loop with --sync-bn forced on "
+        "(docs/several-machines.md) (default: %(default)s)",
     )
     scale.add_argument(
         "--sync-bn",

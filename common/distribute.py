@@ -63,8 +63,8 @@ def check_tf_config(tf_config: str | None) -> None:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise InputError(
             f"TF_CONFIG={tf_config!r} is not valid ({error!r}): it needs "
-            '"cluster" and "task" with "type" and "index"; see the README, '
-            '"Several machines".'
+            '"cluster" and "task" with "type" and "index"; see '
+            "docs/several-machines.md."
         ) from None
     if not isinstance(index, int) or not 0 <= index < len(addresses):
         raise InputError(

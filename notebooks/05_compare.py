@@ -20,7 +20,7 @@
 #
 # A budget this small is a comparison of how quickly each design learns from
 # scratch on a CPU, not of what it can reach: with ImageNet backbones and 50
-# epochs on VOC the order changes (the papers' VOC numbers are in the README).
+# epochs on VOC the order changes (each script's docstring has its VOC recipe).
 
 # %% [markdown]
 # The first cell makes the repository root the working directory (Jupyter starts in
