@@ -253,12 +253,12 @@ def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    cli.check_path(args.model, "--model", "file", "a .keras file written by training")
     scales = inference.parse_scales(args.scales)
     trimap_widths = parse_trimap(args.trimap)
     crf_settings = crf.crf_settings(args) if args.crf else None
     if args.crf:
         crf.require_pydensecrf()  # Before the slow part, not after it.
+    cli.check_path(args.model, "--model", "file", "a .keras file written by training")
     model = inference.load_model(args.model)
     dataset, source = resolve_dataset(args)
     print(source)

@@ -92,7 +92,8 @@ MISSING_FOLDER_HINTS = {
     "camvid": "Point --data-dir at the folder that holds train/, trainannot/, "
     "val/ and valannot/ (CamVid as the SegNet tutorial ships it).",
     "auto": "Point --data-dir at the folder that holds SPLIT/images/ and "
-    "SPLIT/masks/ (or CamVid's SPLIT/ and SPLITannot/), e.g. train/images/.",
+    "SPLIT/masks/ (or CamVid's SPLIT/ and SPLITannot/), e.g. train/images/; "
+    "for PASCAL VOC use --dataset voc.",
 }
 VERIFY_HINT = "`python -m common.cli verify DATA_DIR --split SPLIT` checks every file."
 

@@ -39,9 +39,11 @@ def test_a_pasted_time_lists_the_real_run_folders(tmp_path, monkeypatch):
 
 
 def test_the_command_line_prints_one_line_and_exits_1(tmp_path):
+    quiet = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     process = subprocess.run(
         [sys.executable, "evaluate.py", "--model", str(tmp_path / "nope.keras")],
         cwd=ROOT,
+        env=quiet,  # As a user has it: the script itself hides TensorFlow's log.
         capture_output=True,
         text=True,
         timeout=120,
@@ -73,9 +75,7 @@ def test_predict_checks_model_and_every_input_first(tmp_path):
         predict.main(["--model", str(tmp_path / "nope.onnx"), str(tmp_path)])
     (tmp_path / "m.keras").write_bytes(b"")  # Never loaded: the input is missing.
     with pytest.raises(InputError, match="input .*a.jpg: no such file"):
-        predict.main(
-            ["--model", str(tmp_path / "m.keras"), str(tmp_path / "photo.jpg")]
-        )
+        predict.main(["--model", str(tmp_path / "m.keras"), str(tmp_path / "a.jpg")])
 
 
 def test_training_checks_weight_files_before_any_work(tmp_path):

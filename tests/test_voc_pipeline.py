@@ -176,6 +176,8 @@ def test_class_pixel_counts_skip_void(painted_voc):
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(DatasetError, match="voc_download.sh.*--dataset shapes"):
+        make_dataset(str(tmp_path / "nope"), "train", 1, 32, True, layout="voc")
+    with pytest.raises(DatasetError, match="SPLIT/images/ and SPLIT/masks/"):
         make_dataset(str(tmp_path / "nope"), "train", 1, 32, True)
 
 
