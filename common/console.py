@@ -13,28 +13,43 @@ captured: the capture is printed only if the import fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Hide what C++ libraries write to stderr (file descriptor 2) in this block.
+
+    What was written is shown after all if the block fails. Python's own
+    `sys.stderr` goes to the same descriptor, so keep the block short.
+    """
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            sys.stderr.flush()
+            log.seek(0)
+            os.write(saved_stderr, log.read())
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
 
 
 def _import_tensorflow_quietly() -> None:
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    sys.stderr.flush()
-    saved_stderr = os.dup(2)
-    with tempfile.TemporaryFile() as log:
-        os.dup2(log.fileno(), 2)  # The loader's messages are written to fd 2.
-        try:
-            import tensorflow  # noqa: F401
-        except BaseException:
-            log.seek(0)
-            os.write(saved_stderr, log.read())
-            raise
-        finally:
-            os.dup2(saved_stderr, 2)
-            os.close(saved_stderr)
+    with quiet_stderr():  # The loader's messages are written to fd 2.
+        import tensorflow  # noqa: F401
 
 
 def progress_verbosity() -> int:

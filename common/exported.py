@@ -23,6 +23,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from common import console
 from common.errors import InputError
 
 INSTALL_HINT = "pip install -r requirements-export.txt"
@@ -133,7 +134,9 @@ class LiteRTRunner(ExportedModel):
         self.runner = self.interpreter.get_signature_runner("serving_default")
 
     def run(self, images):
-        return dict(self.runner(images=np.ascontiguousarray(images, np.uint8)))
+        # LiteRT announces its XNNPACK delegate on stderr at the first run.
+        with console.quiet_stderr():
+            return dict(self.runner(images=np.ascontiguousarray(images, np.uint8)))
 
 
 class OnnxRunner(ExportedModel):
