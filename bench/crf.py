@@ -27,55 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.harness import device_name  # noqa: E402
+from bench.harness import SPLITS, device_name, sample_pairs  # noqa: E402
 from common import crf, voc  # noqa: E402
 from common.cli import run_cli  # noqa: E402
-from common.errors import DatasetError  # noqa: E402
 from common.metrics import ConfusionMatrix, mean_iou, trimap_mask  # noqa: E402
 
-# "ID SPLIT" per line: the VOC images the benchmarks read, whoever runs them.
-SAMPLE_IDS_FILE = os.path.join(os.path.dirname(__file__), "voc_sample_ids.txt")
-SPLITS = ("train", "val", "trainval")
 BANDS = (None, 4, 8, 16)
-
-
-def sample_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
-    """`(image_path, mask_path)` in the VOC2012 folder `data_dir` for each image of
-    `split` in `voc_sample_ids.txt`, in the file's order; stops if any file is
-    missing, naming it."""
-    with open(SAMPLE_IDS_FILE) as f:
-        rows = [line.split() for line in f if line.strip() and line[0] != "#"]
-    ids = [
-        image_id for image_id, image_split in rows if split in (image_split, "trainval")
-    ]
-    pairs = [
-        (
-            os.path.join(data_dir, "JPEGImages", f"{image_id}.jpg"),
-            os.path.join(data_dir, "SegmentationClass", f"{image_id}.png"),
-        )
-        for image_id in ids
-    ]
-    hint = (
-        "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, or point "
-        "--data-dir at the VOC2012 folder that holds JPEGImages/."
-    )
-    if not os.path.isdir(data_dir):
-        raise DatasetError(f"--data-dir {data_dir} does not exist. {hint}")
-    missing = [
-        os.path.relpath(path, data_dir)
-        for pair in pairs
-        for path in pair
-        if not os.path.isfile(path)
-    ]
-    if missing:
-        named = ", ".join(missing[:3]) + (
-            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        )
-        raise DatasetError(
-            f"--data-dir {data_dir} lacks {len(missing)} of the {2 * len(ids)} "
-            f"files that bench/voc_sample_ids.txt lists for {split}: {named}. {hint}"
-        )
-    return pairs
 
 
 def parse_args(argv=None) -> argparse.Namespace:

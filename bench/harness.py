@@ -1,8 +1,9 @@
-"""What the benchmarks share: the models they time, their crops, and memory.
+"""What the benchmarks share: the models they time, their crops, memory, VOC images.
 
 Each entry of `MODELS` builds one architecture at its script's default
 configuration for the 21 VOC classes; `default_crop_size` asks that script's
-parser for its default `--crop-size`.
+parser for its default `--crop-size`. `sample_pairs` finds the 40 VOC images of
+`voc_sample_ids.txt` in your VOC download, so every bench reads the same ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import deeplab_train
 import fcn_train
 import segnet_train
 import unet_train
+from common.errors import DatasetError
 from deeplab_train import build_deeplab
 from fcn_train import build_fcn
 from segnet_train import build_segnet
@@ -89,3 +91,48 @@ def device_name() -> str:
     if tf.config.list_physical_devices("GPU"):
         return "GPU"
     return f"CPU x{os.cpu_count()}"
+
+
+# "ID SPLIT" per line: the VOC images the benchmarks read, whoever runs them.
+SAMPLE_IDS_FILE = os.path.join(os.path.dirname(__file__), "voc_sample_ids.txt")
+SPLITS = ("train", "val", "trainval")
+VOC_HINT = (
+    "Download PASCAL VOC 2012 with `bash data/voc_download.sh`, or point "
+    "--data-dir at the VOC2012 folder that holds JPEGImages/."
+)
+
+
+def sample_pairs(data_dir: str, split: str) -> list[tuple[str, str]]:
+    """`(image_path, mask_path)` in the VOC2012 folder `data_dir` for each image of
+    `split` in `voc_sample_ids.txt`, in the file's order; stops if any file is
+    missing, naming it."""
+    with open(SAMPLE_IDS_FILE) as f:
+        rows = [line.split() for line in f if line.strip() and line[0] != "#"]
+    ids = [
+        image_id for image_id, image_split in rows if split in (image_split, "trainval")
+    ]
+    pairs = [
+        (
+            os.path.join(data_dir, "JPEGImages", f"{image_id}.jpg"),
+            os.path.join(data_dir, "SegmentationClass", f"{image_id}.png"),
+        )
+        for image_id in ids
+    ]
+    if not os.path.isdir(data_dir):
+        raise DatasetError(f"--data-dir {data_dir} does not exist. {VOC_HINT}")
+    missing = [
+        os.path.relpath(path, data_dir)
+        for pair in pairs
+        for path in pair
+        if not os.path.isfile(path)
+    ]
+    if missing:
+        named = ", ".join(missing[:3]) + (
+            f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        )
+        raise DatasetError(
+            f"--data-dir {data_dir} lacks {len(missing)} of the {2 * len(ids)} "
+            f"files that bench/voc_sample_ids.txt lists for {split}: {named}. "
+            + VOC_HINT
+        )
+    return pairs

@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from bench.crf import sample_pairs  # noqa: E402
 from bench.harness import (  # noqa: E402
     MODELS,
     add_models_arg,
@@ -40,6 +39,7 @@ from bench.harness import (  # noqa: E402
     device_name,
     in_fresh_process,
     peak_memory_mb,
+    sample_pairs,
 )
 from common.cli import run_cli  # noqa: E402
 from common.losses import segmentation_loss  # noqa: E402

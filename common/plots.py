@@ -1,7 +1,7 @@
 """Pictures a person would rather look at than read: curves and prediction grids.
 
 A run's prediction grid is chosen to show what the model gets wrong as well as
-right (`scored_examples`, `choose_examples`), not the first images of the split.
+right (`choose_examples`), not the first images of the split.
 """
 
 from __future__ import annotations
@@ -12,20 +12,14 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")  # Files only: works on servers and CI without a display.
-import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from common.constants import IGNORE_LABEL  # noqa: E402
-from common.metrics import confusion_counts, mean_iou  # noqa: E402
-from common.voc import VOID_COLOR, remove_padding, voc_colormap  # noqa: E402
+from common.voc import VOID_COLOR, voc_colormap  # noqa: E402
 
 COLORMAP = voc_colormap()  # 256 colours: VOC's 21 first, index 255 = void.
-# Validation images scored when choosing which to picture: a bounded cost (one
-# prediction pass over 200 images) even on VOC's 1,449 or a much larger split.
-MAX_CANDIDATES = 200
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -78,51 +72,6 @@ def plot_history(csv_path: str, out_path: str) -> None:
     figure.tight_layout()
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
-
-
-def image_mean_iou(mask: np.ndarray, logits: np.ndarray, num_classes: int) -> float:
-    """Mean IoU of one image: mask `(h, w)` labels, logits `(h, w, C)`; NaN if all void.
-
-    Only the classes in this image's truth or prediction count (the others are
-    NaN in `per_class_iou` and left out), so an image is scored on what it shows.
-    """
-    matrix = confusion_counts(mask[None], logits[None], num_classes)
-    return float(mean_iou(matrix))
-
-
-def scored_examples(
-    model: keras.Model,
-    dataset: tf.data.Dataset,
-    sizes: list[tuple[int, int]],
-    num_classes: int,
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
-    """Predict the first `len(sizes)` examples of an evaluation dataset and score each.
-
-    `dataset` yields padded batches `(images, masks)` or `(images, masks,
-    weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
-    are the images' own sizes (`voc.image_sizes`). Returns, cropped back to
-    those sizes, the images (uint8 `(h, w, 3)`), masks and predicted labels
-    (uint8 `(h, w)`, void 255) and each image's `image_mean_iou`. Logits are
-    dropped batch by batch: on VOC they are 21 floats a pixel.
-    """
-    images, masks, predictions, ious = [], [], [], []
-    for batch in dataset:
-        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
-        logits = np.asarray(model.predict_on_batch(batch_images))
-        # Padding is void in the masks, so it is never scored.
-        ious += [
-            image_mean_iou(mask, image_logits, num_classes)
-            for mask, image_logits in zip(batch_masks, logits)
-        ]
-        batch_sizes = sizes[len(images) :][: len(batch_images)]
-        margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
-        images += remove_padding(batch_images.astype(np.uint8), batch_sizes, margin)
-        masks += remove_padding(batch_masks.astype(np.uint8), batch_sizes)
-        labels = np.argmax(logits, axis=-1).astype(np.uint8)
-        predictions += remove_padding(labels, batch_sizes)
-        if len(images) == len(sizes):
-            break
-    return images, masks, predictions, ious[: len(sizes)]
 
 
 def choose_examples(

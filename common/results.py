@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from common import layers, plots, voc
 from common.errors import InputError
-from common.metrics import mean_iou, per_class_iou, pixel_accuracy
+from common.metrics import confusion_counts, mean_iou, per_class_iou, pixel_accuracy
 
 RESULTS_FILE = "results.json"
 
@@ -177,6 +177,55 @@ def run_class_names(
 # Plots of a run
 # --------------------------------------------------------------------------
 
+# Validation images scored when choosing which to picture: a bounded cost (one
+# prediction pass over 200 images) even on VOC's 1,449 or a much larger split.
+MAX_CANDIDATES = 200
+
+
+def image_mean_iou(mask: np.ndarray, logits: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image: mask `(h, w)` labels, logits `(h, w, C)`; NaN if all void.
+
+    Only the classes in this image's truth or prediction count (the others are
+    NaN in `per_class_iou` and left out), so an image is scored on what it shows.
+    """
+    matrix = confusion_counts(mask[None], logits[None], num_classes)
+    return float(mean_iou(matrix))
+
+
+def scored_examples(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    sizes: list[tuple[int, int]],
+    num_classes: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
+    """Predict the first `len(sizes)` examples of an evaluation dataset and score each.
+
+    `dataset` yields padded batches `(images, masks)` or `(images, masks,
+    weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
+    are the images' own sizes (`voc.image_sizes`). Returns, cropped back to
+    those sizes, the images (uint8 `(h, w, 3)`), masks and predicted labels
+    (uint8 `(h, w)`, void 255) and each image's `image_mean_iou`. Logits are
+    dropped batch by batch: on VOC they are 21 floats a pixel.
+    """
+    images, masks, predictions, ious = [], [], [], []
+    for batch in dataset:
+        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
+        logits = np.asarray(model.predict_on_batch(batch_images))
+        # Padding is void in the masks, so it is never scored.
+        ious += [
+            image_mean_iou(mask, image_logits, num_classes)
+            for mask, image_logits in zip(batch_masks, logits)
+        ]
+        batch_sizes = sizes[len(images) :][: len(batch_images)]
+        margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
+        images += voc.remove_padding(batch_images.astype(np.uint8), batch_sizes, margin)
+        masks += voc.remove_padding(batch_masks.astype(np.uint8), batch_sizes)
+        labels = np.argmax(logits, axis=-1).astype(np.uint8)
+        predictions += voc.remove_padding(labels, batch_sizes)
+        if len(images) == len(sizes):
+            break
+    return images, masks, predictions, ious[: len(sizes)]
+
 
 def plot_run(
     model: keras.Model,
@@ -187,7 +236,7 @@ def plot_run(
     """`curves.png` from history.csv and `predictions.png` of hits and misses.
 
     predictions.png shows `args.num_predictions` validation images (none for
-    0) picked among the first `plots.MAX_CANDIDATES` (200, to bound the cost):
+    0) picked among the first `MAX_CANDIDATES` (200, to bound the cost):
     every class they contain at least once, then the lowest per-image mean
     IoU (`plots.choose_examples`). Each row names its image and that IoU.
     """
@@ -199,8 +248,8 @@ def plot_run(
     if count <= 0:
         return
     pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)
-    pairs = pairs[: plots.MAX_CANDIDATES]
-    images, masks, predictions, ious = plots.scored_examples(
+    pairs = pairs[:MAX_CANDIDATES]
+    images, masks, predictions, ious = scored_examples(
         model, val_ds, voc.image_sizes(pairs), dataset.num_classes
     )
     chosen = plots.choose_examples(masks, ious, count)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from bench.crf import SPLITS, sample_pairs
+from bench.harness import SPLITS, sample_pairs
 from bench.pipeline import copy_as_voc_split
 from common import voc
 from common.errors import DatasetError
