@@ -73,7 +73,7 @@ from common.layers import (
     conv_bn_relu,
     separable_conv_bn,
 )
-from common.losses import segmentation_loss
+from common.losses import make_loss
 from common.metrics import ConfusionMatrix
 
 VARIANTS = ("v1", "v2", "v3", "v3plus")
@@ -889,8 +889,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             # The papers' recipe: SGD, momentum 0.9, poly schedule (power 0.9)
             # from the rate resolve_defaults scaled to the batch.
             optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
-            # Cross-entropy on logits upsampled to the image, void ignored.
-            loss=segmentation_loss(),
+            # --loss (cross-entropy by default) on logits upsampled to the
+            # image, void ignored.
+            loss=make_loss(args.loss),
             metrics=[iou],
             jit_compile=cli.JIT_COMPILE[args.jit_compile],
         )

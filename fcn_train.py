@@ -71,7 +71,7 @@ from common.layers import (
     CropToMatch,
     PadToMultiple,
 )
-from common.losses import segmentation_loss
+from common.losses import make_loss
 from common.metrics import ConfusionMatrix
 
 VARIANTS = ("32s", "16s", "8s")
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model.compile(
             # Sec. 4.3: SGD, momentum 0.9, weight decay (the defaults of make_parser).
             optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
-            loss=segmentation_loss(),  # Per-pixel cross-entropy; void ignored.
+            loss=make_loss(args.loss),  # --loss (default cross-entropy); void ignored.
             metrics=[iou],
             jit_compile=cli.JIT_COMPILE[args.jit_compile],
         )

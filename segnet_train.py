@@ -72,7 +72,7 @@ from common.layers import (
     MaxUnpooling2D,
     conv_bn_relu,
 )
-from common.losses import segmentation_loss
+from common.losses import make_loss
 from common.metrics import ConfusionMatrix
 
 # VGG-16's convolutions per block (Simonyan & Zisserman 2015, Table 1, config D).
@@ -315,9 +315,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model.compile(
             # Sec. 3.2: SGD with momentum 0.9 (the defaults of make_parser).
             optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
-            # Cross-entropy, void ignored; --class-weighting median weighs each
-            # pixel by its class (the dataset's third element).
-            loss=segmentation_loss(),
+            # --loss (cross-entropy by default), void ignored; --class-weighting
+            # median weighs each pixel by its class (the dataset's third element).
+            loss=make_loss(args.loss),
             metrics=[iou],
             jit_compile=cli.JIT_COMPILE[args.jit_compile],
         )

@@ -36,7 +36,7 @@ from keras import layers
 
 from common import cli, training, voc
 from common.layers import CropToMatch, conv_bn_relu
-from common.losses import segmentation_loss
+from common.losses import make_loss
 from common.metrics import ConfusionMatrix
 
 PAPER_FILTERS = (64, 128, 256, 512)
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
         model.compile(
             optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),
-            loss=segmentation_loss(),  # Cross-entropy; void pixels (255) ignored.
+            loss=make_loss(args.loss),  # --loss (default cross-entropy); void ignored.
             metrics=[iou],
             jit_compile=cli.JIT_COMPILE[args.jit_compile],
         )

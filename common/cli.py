@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
 # isort: split
 from common import distribute, shapes, voc
-from common.constants import IGNORE_LABEL
+from common.constants import IGNORE_LABEL, LOSS_TERMS
 from common.errors import DatasetError, InputError, TrainingInterrupted
 
 # --jit-compile's choices, as `model.compile(jit_compile=...)` takes them.
@@ -89,6 +90,29 @@ def unit_interval(text: str) -> float:
 def mask_value(text: str) -> int:
     """argparse type: a value a uint8 mask pixel can hold, 0-255."""
     return _number(text, int, lambda value: 0 <= value <= 255, "an integer 0-255")
+
+
+def loss_terms(text: str) -> dict[str, float]:
+    """argparse type of --loss: "0.5*ce+lovasz" -> {"ce": 0.5, "lovasz": 1.0}.
+
+    A sum of terms, each a name of LOSS_TERMS, at most once, with an optional
+    "WEIGHT*" in front (WEIGHT > 0, default 1).
+    """
+    terms = {}
+    for term in text.split("+"):
+        weight, star, name = (part.strip() for part in term.rpartition("*"))
+        if name not in LOSS_TERMS or name in terms:
+            problem = "appears twice" if name in terms else "is not a loss term"
+            raise argparse.ArgumentTypeError(
+                f"{name!r} {problem} in {text!r}; give terms of "
+                f"{', '.join(LOSS_TERMS)} joined by +, e.g. 0.5*ce+lovasz"
+            )
+        terms[name] = 1.0
+        if star:
+            terms[name] = _number(
+                weight, float, lambda value: 0 < value < math.inf, "a weight > 0"
+            )
+    return terms
 
 
 def backbone_weights(text: str) -> str | None:
@@ -340,6 +364,17 @@ def _add_optimisation_args(train: argparse._ArgumentGroup) -> None:
         "(median-frequency balancing, SegNet Sec. 3.2), counted once on the "
         "training masks, so thin and rare classes are not ignored "
         "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--loss",
+        type=loss_terms,
+        default="ce",
+        metavar="TERMS",
+        help="what training minimises: ce (cross-entropy), focal (focal loss, "
+        "gamma 2), dice (soft Dice), lovasz (Lovász-softmax over the batch), "
+        "lovasz_image (Lovász-softmax per image), or a weighted sum such as "
+        "ce+lovasz or 0.5*ce+lovasz; void pixels never count, and "
+        "--class-weighting weighs ce, focal and dice (default: %(default)s)",
     )
     train.add_argument(
         "--seed",

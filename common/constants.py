@@ -9,3 +9,7 @@ IGNORE_LABEL = 255
 # ImageNet mean RGB on the [0, 255] scale: padded pixels look "average", and
 # after each model's own normalisation they are close to zero.
 IMAGE_MEAN = (123.675, 116.28, 103.53)
+
+# The terms of --loss (common/losses.py computes them; common/cli.py parses the
+# flag, and may not import the losses: the tools that only predict load cli).
+LOSS_TERMS = ("ce", "focal", "dice", "lovasz", "lovasz_image")

@@ -1,11 +1,22 @@
-"""The loss every script trains with: per-pixel cross-entropy that skips void."""
+"""The losses training minimises, chosen by `--loss`; void (255) never counts.
+
+Cross-entropy (`segmentation_loss`, the default) scores each pixel on its own,
+so a large class dominates it. The other terms aim at what the scripts report,
+the intersection over union of each class: soft Dice, the Lovász-softmax
+(Berman et al. 2018), and the focal loss (Lin et al. 2017), which turns
+cross-entropy towards hard pixels. `make_loss({"ce": 1.0, "lovasz": 1.0})`
+builds the loss of `--loss ce+lovasz`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import keras
 import numpy as np
+import tensorflow as tf
 
-from common.constants import IGNORE_LABEL
+from common.constants import IGNORE_LABEL, LOSS_TERMS
 
 
 def segmentation_loss(reduction: str = "sum_over_batch_size") -> keras.losses.Loss:
@@ -21,6 +32,248 @@ def segmentation_loss(reduction: str = "sum_over_batch_size") -> keras.losses.Lo
     return keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, ignore_class=IGNORE_LABEL, reduction=reduction
     )
+
+
+def make_loss(terms: Mapping[str, float]) -> keras.losses.Loss:
+    """The loss of `--loss`, as `common.cli.loss_terms` parses it: term -> weight.
+
+    Plain cross-entropy, the default, stays Keras' own `segmentation_loss()`:
+    the same values and the same saved config as before `--loss` existed.
+    Anything else, e.g. `{"ce": 0.5, "lovasz": 1.0}`, is a `SegmentationLoss`.
+    """
+    if dict(terms) == {"ce": 1.0}:
+        return segmentation_loss()
+    return SegmentationLoss(terms)
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class SegmentationLoss(keras.losses.Loss):
+    """A weighted sum of `LOSS_TERMS` on logits, each the mean of its batch.
+
+    terms: term -> weight, e.g. `{"ce": 0.5, "lovasz": 1.0}` (`--loss
+    0.5*ce+lovasz`). `gamma` is the focal term's exponent.
+
+    Every term leaves void pixels out of its sums and counts: they change
+    nothing, and an all-void batch gives 0 with zero gradients. Logits of any
+    float dtype are computed on in float32. Per-pixel class weights (the
+    dataset's third element, Keras' `sample_weight`) scale the ce, focal and
+    dice terms; the Lovász terms ignore them (see `lovasz_softmax`).
+    """
+
+    def __init__(
+        self,
+        terms: Mapping[str, float],
+        gamma: float = 2.0,
+        name: str = "segmentation_loss",
+    ):
+        unknown = sorted(set(terms) - set(LOSS_TERMS))
+        if not terms or unknown or min(terms.values()) <= 0:
+            raise ValueError(
+                f"terms must map some of {', '.join(LOSS_TERMS)} to weights > 0, "
+                f"not {dict(terms)}"
+            )
+        super().__init__(name=name)
+        self.terms = {term: float(weight) for term, weight in terms.items()}
+        self.gamma = float(gamma)
+
+    def sums_and_counts(
+        self, labels, logits, sample_weight=None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each term's weighted sum and the count that makes it a mean.
+
+        labels (batch, h, w) with void 255; logits (batch, h, w, classes).
+        Returns two float32 vectors of shape (terms,); the loss is
+        sum(sums / counts). Counts are non-void pixels (ce, focal), images
+        with a non-void pixel (lovasz_image), or 1 for a batch with one
+        (dice, lovasz), so that the multi-worker loop can divide the sums by
+        the counts of the whole global batch.
+        """
+        pixels = flat_pixels(labels, logits, sample_weight)
+        sums, counts = zip(
+            *(self.term_sum_and_count(term, *pixels) for term in self.terms)
+        )
+        weights = tf.constant(list(self.terms.values()), tf.float32)
+        return weights * tf.stack(sums), tf.stack(counts)
+
+    def term_sum_and_count(self, term, logits, truth, valid, pixel_weights):
+        if term == "ce":
+            return cross_entropy(logits, truth, valid, pixel_weights)
+        if term == "focal":
+            return focal(logits, truth, valid, pixel_weights, self.gamma)
+        if term == "dice":
+            return soft_dice(logits, truth, pixel_weights)
+        return lovasz_softmax(logits, truth, valid, per_image=term == "lovasz_image")
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        """The loss of this replica's batch, divided by the number of replicas.
+
+        Under tf.distribute, Keras sums the replicas' gradients, and scales
+        its own losses by 1 / replicas for that (`scale_loss_for_distribution`
+        in keras/src/losses/loss.py); a Loss whose `call` returned one number
+        would skip it, so this one does it itself. With equal batches per
+        replica, ce, focal and lovasz_image then give the mean of the global
+        batch; dice and lovasz the mean of the replicas' values.
+        """
+        sums, counts = self.sums_and_counts(y_true, y_pred, sample_weight)
+        loss = tf.reduce_sum(tf.math.divide_no_nan(sums, counts))
+        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "terms": dict(self.terms), "gamma": self.gamma}
+
+
+def flat_pixels(labels, logits, sample_weight=None) -> tuple[tf.Tensor, ...]:
+    """A batch as rows of pixels, in float32, with void masked out.
+
+    labels (batch, h, w) or (batch, h, w, 1), void 255; logits (batch, h, w,
+    classes) of any float dtype; sample_weight like labels, or None. Returns
+    logits (batch, pixels, classes) float32; truth: one-hot labels of the same
+    shape, all zero on void; valid (batch, pixels): 1 on non-void pixels, else
+    0; pixel_weights (batch, pixels): sample_weight (or 1), 0 on void.
+    """
+    logits = tf.cast(logits, tf.float32)  # Mixed precision: no float16 sums.
+    batch, num_classes = tf.shape(logits)[0], logits.shape[-1]
+    logits = tf.reshape(logits, [batch, -1, num_classes])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [batch, -1])
+    valid = tf.cast(labels != IGNORE_LABEL, tf.float32)
+    truth = tf.one_hot(labels, num_classes)  # 255 is past the last class: zeros.
+    pixel_weights = valid
+    if sample_weight is not None:
+        pixel_weights *= tf.reshape(tf.cast(sample_weight, tf.float32), [batch, -1])
+    return logits, truth, valid, pixel_weights
+
+
+def cross_entropy(
+    logits: tf.Tensor, truth: tf.Tensor, valid: tf.Tensor, pixel_weights: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sum of weight x -log p(true class), and the non-void pixel count.
+
+    Their ratio is `segmentation_loss()`'s value: Keras' sample weights scale
+    each pixel's term, but the mean still divides by the pixels.
+    """
+    pixel_losses = -tf.reduce_sum(truth * tf.nn.log_softmax(logits), axis=-1)
+    return tf.reduce_sum(pixel_weights * pixel_losses), tf.reduce_sum(valid)
+
+
+def focal(
+    logits: tf.Tensor,
+    truth: tf.Tensor,
+    valid: tf.Tensor,
+    pixel_weights: tf.Tensor,
+    gamma: float = 2.0,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Focal loss, -(1 - p_t)^gamma log p_t (Lin et al. 2017, Sec. 3.2, Eq. 4).
+
+    p_t is the softmax probability of the true class. Pixels the network
+    already gets right (p_t near 1) are scaled down by (1 - p_t)^gamma, so the
+    many easy background pixels stop outweighing the hard ones (borders, small
+    objects). gamma = 2 is the paper's choice; gamma = 0 is cross-entropy.
+    The paper's alpha balancing is a class weight, which --class-weighting
+    supplies. Returns the sum and the non-void pixel count.
+    """
+    log_p = tf.reduce_sum(truth * tf.nn.log_softmax(logits), axis=-1)
+    # The floor keeps x^gamma's gradient finite at x = 0 (p_t = 1, void).
+    modulation = tf.pow(tf.maximum(1.0 - tf.exp(log_p), 1e-12), gamma)
+    return tf.reduce_sum(pixel_weights * -modulation * log_p), tf.reduce_sum(valid)
+
+
+def soft_dice(
+    logits: tf.Tensor, truth: tf.Tensor, pixel_weights: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """1 - the mean soft Dice 2 sum(p g) / sum(p + g) of the classes present.
+
+    Dice (= 2 IoU / (1 + IoU)) with the softmax probabilities p in place of
+    the predicted mask, summed over the whole batch: each class counts the
+    same whatever its size, as in mean IoU. This is the linear form; V-Net
+    (Milletari et al. 2016) squares p and g in the denominator.
+    Pixel weights scale both sums. The mean is over the classes present in
+    the batch's labels: an absent class's Dice is 0 / sum(p), a constant 1
+    in the loss with no gradient, which would only dilute the others (and
+    the usual +1 smoothing would make the loss depend on that constant). Its
+    false positives still cost: they take probability from a present class.
+    Returns (the loss, 1), or (0, 0) for a batch without non-void pixels.
+    """
+    weights = pixel_weights[..., tf.newaxis]
+    probabilities = tf.nn.softmax(logits) * weights  # 0 on void.
+    intersection = tf.reduce_sum(probabilities * truth, axis=[0, 1])  # (classes,)
+    sizes = tf.reduce_sum(probabilities + truth * weights, axis=[0, 1])
+    present = tf.reduce_sum(truth * weights, axis=[0, 1]) > 0
+    dice = tf.math.divide_no_nan(2.0 * intersection, sizes)
+    return mean_over_present(1.0 - dice, present)
+
+
+def lovasz_softmax(
+    logits: tf.Tensor, truth: tf.Tensor, valid: tf.Tensor, per_image: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Lovász-softmax (Berman, Rannen Triki & Blaschko, CVPR 2018).
+
+    For each class c, the pixel errors m_i = |g_i - p_i(c)| go through the
+    Lovász extension of the Jaccard loss 1 - IoU_c, the tight convex
+    surrogate of a submodular set function ("Optimization surrogates for
+    submodular loss functions", "Multiclass semantic segmentation"): sort the
+    errors in decreasing order and weight each by how much 1 - IoU_c grows
+    when its pixel joins the mispredicted set (`lovasz_gradient`, Alg. 1).
+    On 0/1 probabilities it equals 1 - IoU_c, so training lowers what
+    evaluation scores. The mean runs over the classes present in the labels,
+    as in the authors' code ("present").
+
+    per_image: the mean over images of each image's loss, aiming at the
+    image-mIoU (images without a non-void pixel are left out; the authors'
+    code counts them as 0); else the batch is one set, closer to the dataset
+    mean IoU that VOC reports and these scripts score ("Image-mIoU vs.
+    dataset-mIoU"; the authors' default). Pixel weights are ignored: the loss
+    already gives every class the same share. Void pixels get error -1,
+    below any real error, so they sort last and add 0.
+    Returns (the sum over images, the images with a non-void pixel).
+    """
+    if not per_image:  # The batch as one image.
+        logits = tf.reshape(logits, [1, -1, logits.shape[-1]])
+        truth = tf.reshape(truth, [1, -1, truth.shape[-1]])
+        valid = tf.reshape(valid, [1, -1])
+    errors = tf.abs(truth - tf.nn.softmax(logits))
+    errors = tf.where(valid[..., tf.newaxis] > 0, errors, -1.0)
+    errors = tf.transpose(errors, [0, 2, 1])  # (images, classes, pixels)
+    errors_sorted, order = tf.math.top_k(errors, k=tf.shape(errors)[-1])
+    truth_sorted = tf.gather(tf.transpose(truth, [0, 2, 1]), order, batch_dims=2)
+    valid_sorted = tf.cast(errors_sorted >= 0, tf.float32)
+    gradient = lovasz_gradient(truth_sorted, valid_sorted)
+    class_losses = tf.reduce_sum(errors_sorted * gradient, axis=-1)  # (images, classes)
+    return mean_over_present(class_losses, tf.reduce_sum(truth, axis=1) > 0)
+
+
+def lovasz_gradient(truth_sorted: tf.Tensor, valid_sorted: tf.Tensor) -> tf.Tensor:
+    """Alg. 1 of Berman et al.: the Jaccard loss of the first k pixels, differenced.
+
+    truth_sorted, valid_sorted: (..., pixels) 0/1, in order of decreasing
+    error. Taking the first k pixels as mispredicted, the IoU of the class is
+    (foreground left) / (foreground + background taken); entry k is how much
+    1 - IoU grows with pixel k. Void pixels leave both counts alone: 0.
+    """
+    foreground = tf.reduce_sum(truth_sorted, axis=-1, keepdims=True)
+    intersection = foreground - tf.cumsum(truth_sorted, axis=-1)
+    union = foreground + tf.cumsum(valid_sorted - truth_sorted, axis=-1)
+    jaccard_loss = 1.0 - tf.math.divide_no_nan(intersection, union)
+    previous = tf.concat(
+        [tf.zeros_like(jaccard_loss[..., :1]), jaccard_loss[..., :-1]], -1
+    )
+    return jaccard_loss - previous
+
+
+def mean_over_present(
+    class_losses: tf.Tensor, present: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per row (image), the mean of `class_losses` over its `present` classes.
+
+    class_losses, present: (..., classes). Returns the sum of the row means
+    and the number of rows with a present class (float32 scalars); a row
+    without one gives 0 and is not counted.
+    """
+    present = tf.cast(present, tf.float32)
+    classes = tf.reduce_sum(present, axis=-1)
+    row_losses = tf.math.divide_no_nan(
+        tf.reduce_sum(class_losses * present, -1), classes
+    )
+    return tf.reduce_sum(row_losses), tf.reduce_sum(tf.cast(classes > 0, tf.float32))
 
 
 def median_frequency_weights(

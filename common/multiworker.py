@@ -6,11 +6,12 @@ same arguments; every other strategy trains with Keras' `fit`. The loop keeps
 fit's recipe and outputs:
 
 - Every worker runs every step on its slice of the global batch
-  (`strategy.run`). The loss is the cross-entropy averaged over the non-void
-  pixels of the *whole global batch* (optional class weights included), so
-  each worker divides its sum by the count summed over workers; Keras'
-  `apply_gradients` then sums the gradients over workers, and every worker
-  applies the same update: one big batch, as on one device.
+  (`strategy.run`). The loss is the compiled one (`--loss`), averaged over
+  the *whole global batch*: cross-entropy over its non-void pixels (optional
+  class weights included), so each worker divides its sum by the count
+  summed over workers; Keras' `apply_gradients` then sums the gradients over
+  workers, and every worker applies the same update: one big batch, as on
+  one device (`share_of_mean_loss` says which terms can only be averaged).
 - Same compiled model, optimizer and poly schedule; batch norm synchronized
   (`training.set_up` forces `--sync-bn`), else each worker's moving
   statistics drift apart.
@@ -39,7 +40,7 @@ import tensorflow as tf
 
 from common import console, distribute
 from common.constants import IGNORE_LABEL
-from common.losses import segmentation_loss
+from common.losses import SegmentationLoss, segmentation_loss
 from common.metrics import (
     ConfusionMatrix,
     IoUReport,
@@ -179,19 +180,22 @@ def make_step_functions(model: keras.Model, num_classes: int):
     Batches are `(images, masks)` or `(images, masks, pixel_weights)`.
     """
     strategy = model.distribute_strategy
-    loss_sum = segmentation_loss(reduction="sum")  # Sum over non-void pixels.
+    sums_and_counts = loss_sums_and_counts(model.loss)
 
     def share_of_mean_loss(masks, logits, weights):
-        """This worker's part of the mean over the global batch's non-void pixels.
+        """This worker's part of the mean loss of the global batch.
 
-        Summed over workers, the parts give exactly Keras' loss on the whole
-        global batch on one device: sum(weight * cross-entropy) / non-void pixels.
+        Each term's sum is divided by its count summed over workers, so that
+        the parts add up to exactly the loss of the whole global batch on one
+        device: sum(weight * cross-entropy) / non-void pixels, and likewise
+        for focal and (over images) lovasz_image. Dice and per-batch Lovász
+        do not split into per-pixel sums: each worker counts 1, so they give
+        the mean of the workers' own values (the workers' batches are equal).
         """
-        pixels = tf.reduce_sum(tf.cast(masks != IGNORE_LABEL, tf.float32))
+        sums, counts = sums_and_counts(masks, logits, weights)
         context = tf.distribute.get_replica_context()
-        all_pixels = context.all_reduce(tf.distribute.ReduceOp.SUM, pixels)
-        loss = loss_sum(masks, logits, sample_weight=weights)
-        return tf.math.divide_no_nan(loss, all_pixels)
+        all_counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
+        return tf.reduce_sum(tf.math.divide_no_nan(sums, all_counts))
 
     def train_one_replica(batch):
         images, masks, weights = keras.utils.unpack_x_y_sample_weight(batch)
@@ -228,6 +232,30 @@ def make_step_functions(model: keras.Model, num_classes: int):
         return sum_over_workers(strategy.run(validate_one_replica, args=(batch,)))
 
     return train_step, val_step
+
+
+def loss_sums_and_counts(loss: keras.losses.Loss):
+    """`(masks, logits, weights) -> (sums, counts)` of the compiled loss.
+
+    The loss of a batch is sum(sums / counts), vectors of one entry per term.
+    Cross-entropy alone (`segmentation_loss()`, the default) is Keras' own
+    loss summed over the non-void pixels, and counts those pixels; a
+    `SegmentationLoss` gives its terms' `sums_and_counts`.
+    """
+    if isinstance(loss, SegmentationLoss):
+        return loss.sums_and_counts
+    if not isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        raise ValueError(
+            "The multi-worker loop trains with common.losses.make_loss's "
+            f"losses, not {type(loss).__name__}."
+        )
+    loss_sum = segmentation_loss(reduction="sum")  # Sum over non-void pixels.
+
+    def cross_entropy_sum_and_count(masks, logits, weights):
+        pixels = tf.reduce_sum(tf.cast(masks != IGNORE_LABEL, tf.float32))
+        return loss_sum(masks, logits, sample_weight=weights)[None], pixels[None]
+
+    return cross_entropy_sum_and_count
 
 
 def train_epoch(train_step, batches, steps: int, callbacks) -> dict:
