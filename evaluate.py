@@ -8,10 +8,22 @@ The dataset, its folder, class names, void value and validation split come from
 the `results.json` that training wrote beside the model; data flags override
 them (runs saved before that entry existed need them, else VOC is assumed).
 
-Prints the per-class IoU table, mean IoU and pixel accuracy (void pixels, 255,
-excluded), and writes `eval.json` and `confusion_matrix.png` next to the model
-(or to `--output-dir`). Mean IoU is computed once from the confusion matrix of
-the whole split, as the VOC benchmark does.
+Prints the per-class IoU table, mean IoU, and SegNet's global accuracy (share of
+pixels right) and class-average accuracy (mean per-class recall), void pixels
+(255) excluded, and writes `eval.json` and `confusion_matrix.png` next to the
+model (or to `--output-dir`). Mean IoU is computed once from the confusion
+matrix of the whole split, as the VOC benchmark does.
+
+A split's mean IoU hides the few images with broken labels or a failure mode,
+so every image is also scored on its own, in `per_image.csv`: one row per
+image with its mean IoU (over the classes in its labels or prediction), pixel
+accuracy, void share (share of its pixels that are void), the IoU of each class
+in its labels or prediction (`iou_<class>`, empty for the others) and its path.
+An all-void image has nothing to score: its mean IoU and accuracy are empty.
+The `--worst 6` images with the lowest mean IoU are listed at the end, kept in
+`eval.json` (`worst_images`) and drawn in `worst_images.png` (image, ground
+truth, prediction); `--worst 0` turns that off. Scores per image are the
+network's, before any `--crf`.
 
 Without `--scales`/`--flip`/`--crf`/`--trimap`, images are padded in batches
 exactly as during training's validation. With them, every image is predicted on
@@ -21,11 +33,20 @@ refines that average with the fully connected CRF (DeepLab v1/v2, see
 `common/crf.py`), and both results are scored side by side. `--trimap 4,8,16`
 also scores only the pixels within 4, 8 and 16 pixels of a ground-truth
 boundary, where the CRF's gain shows (DeepLab v2, Fig. 5).
+
+`--tile SIZE` also predicts image by image, each in overlapping SIZE x SIZE
+windows whose softmax is blended (`--tile-overlap`, `--tile-blend`; see
+`common/inference.py`): for images too large to go through the network whole,
+and for a model trained on crops, which is then scored at the scale it learnt.
+`--tile crop` is that: the run's `--crop-size`, from its `results.json`.
+
+    python evaluate.py --model best.keras --tile crop
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 from collections.abc import Sequence
@@ -39,7 +60,15 @@ import tensorflow as tf
 from common import cli, crf, inference, plots, results, voc
 from common.constants import IGNORE_LABEL
 from common.errors import DatasetError, InputError
-from common.metrics import ConfusionMatrix, iou_table, mean_iou, trimap_mask
+from common.metrics import (
+    ConfusionMatrix,
+    confusion_counts,
+    iou_table,
+    mean_iou,
+    per_class_iou,
+    pixel_accuracy,
+    trimap_mask,
+)
 
 # The data flags' defaults when neither they nor the run's results.json say.
 FALLBACK_DATASET = {"dataset": "voc", "ignore_index": IGNORE_LABEL, "split": "val"}
@@ -75,9 +104,21 @@ def make_parser() -> argparse.ArgumentParser:
         help="images per batch (default: 4)",
     )
     parser.add_argument(
-        "--output-dir", help="where eval.json goes (default: the model's folder)"
+        "--worst",
+        type=cli.non_negative_int,
+        default=6,
+        metavar="N",
+        help="list the N images with the lowest mean IoU and draw them in "
+        "worst_images.png; 0: neither (per_image.csv has every image either way; "
+        "default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        help="where eval.json, per_image.csv and the pictures go (default: the "
+        "model's folder)",
     )
     crf.add_crf_args(parser)
+    inference.add_tile_args(parser)
     data = cli.add_dataset_args(parser)
     data.description = "default: the run's settings in results.json beside --model"
     # None = not given, so that results.json can fill it in (resolve_dataset).
@@ -153,9 +194,118 @@ def parse_trimap(text: str | None) -> tuple[int, ...]:
     return widths
 
 
-def confusion_plain(model, dataset: voc.DatasetSpec, split: str, batch_size: int):
-    """Batched, padded exactly as in training's validation (masks padded with 255)."""
+def _csv_cell(value):
+    """A float to 6 decimals, NaN (nothing to score) as an empty cell."""
+    if not isinstance(value, float):
+        return value
+    return "" if np.isnan(value) else f"{value:.6f}"
+
+
+class ImageScores:
+    """Each image's own scores, for per_image.csv, and the worst images' pixels.
+
+    `add` is called once per image, in the split's order. An image's mean IoU
+    counts only the classes in its labels or prediction, as
+    `results.image_mean_iou` scores the images of a run's predictions.png; it
+    and the pixel accuracy are NaN for an all-void image. Only the pixels of
+    the `worst` lowest-IoU images so far are kept, so that a split of any size
+    fits in memory.
+    """
+
+    def __init__(self, class_names: Sequence[str], worst: int):
+        self.class_names = list(class_names)
+        self.worst = worst
+        self.rows: list[dict] = []  # One per image: the columns of per_image.csv.
+        self.kept: list[tuple] = []  # (mean IoU, row, image, mask, prediction)
+
+    def add(
+        self, image_path: str, image: np.ndarray, mask: np.ndarray, logits: np.ndarray
+    ) -> None:
+        """image uint8 `(h, w, 3)`; mask `(h, w)`, void 255; logits or softmax
+        `(h, w, C)`, at the image's own size."""
+        matrix = confusion_counts(mask[None], logits[None], len(self.class_names))
+        ious = per_class_iou(matrix).numpy()
+        scored = np.sum(matrix) > 0  # Not all void.
+        row = {
+            "image": os.path.splitext(os.path.basename(image_path))[0],
+            "mean_iou": float(mean_iou(matrix)),
+            "pixel_accuracy": float(pixel_accuracy(matrix)) if scored else np.nan,
+            "void_share": float(np.mean(mask == IGNORE_LABEL)),
+            **{f"iou_{name}": float(iou) for name, iou in zip(self.class_names, ious)},
+            "image_path": image_path,
+        }
+        self.rows.append(row)
+        if self.worst and scored:
+            # Copies: the arrays may be views into a whole batch.
+            kept = (np.array(image, np.uint8), np.array(mask, np.uint8))
+            prediction = np.argmax(logits, axis=-1).astype(np.uint8)
+            self.kept.append((row["mean_iou"], len(self.rows) - 1, *kept, prediction))
+            self.kept.sort(key=lambda kept: kept[:2])  # Ties: the split's order.
+            del self.kept[self.worst :]
+
+    def worst_rows(self) -> list[dict]:
+        """The rows of the `worst` lowest mean IoUs, lowest first."""
+        return [self.rows[index] for _, index, *_ in self.kept]
+
+    def write_csv(self, path: str) -> None:
+        """per_image.csv: the rows, scores to 6 decimals, empty where NaN."""
+        columns = ["image", "mean_iou", "pixel_accuracy", "void_share"]
+        columns += [f"iou_{name}" for name in self.class_names] + ["image_path"]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({key: _csv_cell(value) for key, value in row.items()})
+
+    def worst_table(self) -> str:
+        """The worst rows as text, and how many images had nothing to score."""
+        lines = [
+            f"The {len(self.kept)} lowest mean IoUs of {len(self.rows)} images "
+            "(every image: per_image.csv):",
+            f"{'mean IoU':>9} {'pixel accuracy':>15} {'void':>6}  image",
+        ]
+        for row in self.worst_rows():
+            lines.append(
+                f"{row['mean_iou']:>9.1%} {row['pixel_accuracy']:>15.1%} "
+                f"{row['void_share']:>6.1%}  {row['image']}"
+            )
+        all_void = sum(np.isnan(row["mean_iou"]) for row in self.rows)
+        if all_void:
+            lines.append(f"Not ranked, all void (nothing to score): {all_void} images")
+        return "\n".join(lines)
+
+    def plot_worst(self, out_path: str, title: str) -> None:
+        """worst_images.png: image | ground truth | prediction, lowest IoU first."""
+        _, indices, images, masks, predictions = zip(*self.kept)
+        plots.plot_predictions(
+            images,
+            masks,
+            predictions,
+            self.class_names,
+            out_path,
+            title=title,
+            row_titles=[
+                f"{self.rows[i]['image']}\nIoU {self.rows[i]['mean_iou']:.2f}"
+                for i in indices
+            ],
+        )
+
+
+def confusion_plain(
+    model,
+    dataset: voc.DatasetSpec,
+    split: str,
+    batch_size: int,
+    image_scores: ImageScores | None = None,
+):
+    """Batched, padded exactly as in training's validation (masks padded with 255).
+
+    Each prediction is cropped back to its image's size and scored there (the
+    padding is void, so the split's matrix is the same) and, given
+    `image_scores`, on its own.
+    """
     metric = ConfusionMatrix(dataset.num_classes)
+    pairs = voc.list_pairs(dataset.data_dir, split, dataset.layout)
     batches = voc.make_dataset(
         dataset.data_dir,
         split,
@@ -167,11 +317,17 @@ def confusion_plain(model, dataset: voc.DatasetSpec, split: str, batch_size: int
         ignore_index=dataset.ignore_index,
         mask_values=dataset.mask_values,
     )
-    total = -(
-        -len(voc.list_pairs(dataset.data_dir, split, dataset.layout)) // batch_size
+    total = -(-len(pairs) // batch_size)
+    examples = results.predict_examples(
+        model,
+        inference.with_progress(batches, total, unit="batch"),
+        voc.image_sizes(pairs),
     )
-    for images, masks in inference.with_progress(batches, total, unit="batch"):
-        metric.update_state(masks, model(images, training=False))
+    # strict: one prediction per pair, and the progress bar sees the batches end.
+    for (image_path, _), (image, mask, logits) in zip(pairs, examples, strict=True):
+        metric.update_state(mask[None], logits[None])
+        if image_scores is not None:
+            image_scores.add(image_path, image, mask, logits)
     return metric.matrix.numpy()
 
 
@@ -183,12 +339,16 @@ def confusion_per_image(
     flip: bool,
     crf_settings: dict | None = None,
     trimap_widths: Sequence[int] = (),
+    image_scores: ImageScores | None = None,
+    tile_settings: dict | None = None,
 ) -> dict[tuple[str, int | None], np.ndarray]:
     """One image at a time: averaged softmax over scales and flips, then argmax.
 
     Returns a confusion matrix per (method, band): method "network", and "crf"
     when `crf_settings` are given (the CRF refines the averaged softmax, as in
-    DeepLab); band None for every pixel, or a trimap width in pixels.
+    DeepLab); band None for every pixel, or a trimap width in pixels. With
+    `tile_settings` (`inference.tile_settings`), each view goes in windows. Given
+    `image_scores`, each image's network output is also scored on its own.
     """
     methods = ["network"] + (["crf"] if crf_settings is not None else [])
     bands = [None, *trimap_widths]
@@ -214,7 +374,9 @@ def confusion_per_image(
             dataset.mask_values,
         )
         image, mask = image.numpy(), mask.numpy()
-        probabilities = inference.predict_multiscale(model, image, scales, flip)
+        probabilities = inference.predict_multiscale(
+            model, image, scales, flip, tile_settings=tile_settings
+        )
         outputs = {"network": probabilities.numpy()}
         if crf_settings is not None:
             outputs["crf"] = crf.dense_crf(image, outputs["network"], **crf_settings)
@@ -223,6 +385,8 @@ def confusion_per_image(
         }
         for (method, band), metric in metrics.items():
             metric.update_state(masks[band][None], outputs[method][None])
+        if image_scores is not None:
+            image_scores.add(image_path, image, mask, outputs["network"])
     return {key: metric.matrix.numpy() for key, metric in metrics.items()}
 
 
@@ -264,8 +428,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(source)
     inference.check_same_size_output(model)
     check_num_classes(model, dataset, source)
+    # A .keras model's input is padded to a multiple of 32, so are its windows.
+    tile_settings = inference.tile_settings(
+        args, 32, results.read_run(args.model)[0] if args.tile == "crop" else None
+    )
 
     per_image = scales != (1.0,) or args.flip or args.crf or trimap_widths
+    per_image = per_image or tile_settings is not None
+    image_scores = ImageScores(dataset.class_names, args.worst)
     try:
         if per_image:
             matrices = confusion_per_image(
@@ -276,11 +446,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 args.flip,
                 crf_settings,
                 trimap_widths,
+                image_scores,
+                tile_settings,
             )
         else:
             matrices = {
                 ("network", None): confusion_plain(
-                    model, dataset, args.split, args.batch_size
+                    model, dataset, args.split, args.batch_size, image_scores
                 )
             }
     except tf.errors.InvalidArgumentError as error:
@@ -295,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "split": args.split,
         "scales": list(scales),
         "flip": args.flip,
+        "tile": tile_settings,
         **results.scores(matrix, dataset.class_names),
     }
     if args.crf:
@@ -304,9 +477,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         }
         print(
             f"mean IoU {scores['mean_iou']:.1%} without CRF, "
-            f"{scores['crf']['mean_iou']:.1%} with CRF (pixel accuracy "
+            f"{scores['crf']['mean_iou']:.1%} with CRF (global accuracy "
             f"{scores['pixel_accuracy']:.1%}, "
-            f"{scores['crf']['pixel_accuracy']:.1%})"
+            f"{scores['crf']['pixel_accuracy']:.1%}; class-average accuracy "
+            f"{scores['class_average_accuracy']:.1%}, "
+            f"{scores['crf']['class_average_accuracy']:.1%})"
         )
     if trimap_widths:
         scores["trimap"] = {}
@@ -316,18 +491,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 band["mean_iou_crf"] = float(mean_iou(matrices["crf", width]))
             scores["trimap"][str(width)] = band
         print(trimap_table(matrices, trimap_widths, args.crf))
+    scores["worst_images"] = [
+        {"image": row["image"], "mean_iou": row["mean_iou"]}
+        for row in image_scores.worst_rows()
+    ]
+    if args.worst:
+        print(image_scores.worst_table())
 
     output_dir = args.output_dir or os.path.dirname(os.path.abspath(args.model))
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, "eval.json"), "w") as f:
         json.dump(scores, f, indent=2)
+    image_scores.write_csv(os.path.join(output_dir, "per_image.csv"))
+    written = ["eval.json", "per_image.csv", "confusion_matrix.png"]
     plots.plot_confusion_matrix(
         matrix,
         dataset.class_names,
         os.path.join(output_dir, "confusion_matrix.png"),
         title=f"{model.name} on {args.dataset} {args.split}",
     )
-    print(f"Wrote eval.json and confusion_matrix.png to {output_dir}")
+    if image_scores.kept:
+        image_scores.plot_worst(
+            os.path.join(output_dir, "worst_images.png"),
+            title=f"{model.name} on {args.dataset} {args.split}: the "
+            f"{len(image_scores.kept)} lowest mean IoUs of "
+            f"{len(image_scores.rows)} images",
+        )
+        written.append("worst_images.png")
+    print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {output_dir}")
     return scores
 
 

@@ -15,6 +15,22 @@ reading). A file that cannot be read is reported and skipped; the exit code is
 1 if any input failed. Class names come from the `results.json` beside the
 model. `--crf` refines each prediction with DeepLab's dense CRF
 (`common/crf.py`; `pip install -r requirements-crf.txt`).
+
+Large images (3000-10000 px: aerial, pathology, phone photos) need not go
+through the network whole:
+
+    python predict.py --model best.keras --tile 512 big.tif
+    python predict.py --model best.keras --tile crop photo.jpg   # the run's --crop-size
+
+`--tile SIZE` predicts overlapping SIZE x SIZE windows (neighbours share
+`--tile-overlap`, default a quarter of a window) and blends their softmax,
+each window's weights falling towards its edges (`--tile-blend gaussian` as
+nnU-Net, or `linear`); see `common/inference.py`. The network then needs memory
+for `--tile-batch-size` windows only, and the blending one window-tall band of
+the image, whose rows become labels as they complete. A .keras model takes
+multiples of 32; a model trained on 512 crops sees the scale it learnt. It
+works with exported models too, and with `--scales`/`--flip`/`--crf`, which
+then hold the whole image's softmax.
 """
 
 from __future__ import annotations
@@ -75,6 +91,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--flip", action="store_true", help="also average mirrored images"
     )
     crf.add_crf_args(parser)
+    inference.add_tile_args(parser)
     return parser
 
 
@@ -96,12 +113,19 @@ def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
             yield path
 
 
-def segment(model, rgb: np.ndarray, scales, flip: bool, crf_settings=None):
+def segment(
+    model, rgb: np.ndarray, scales, flip: bool, crf_settings=None, tile_settings=None
+):
     """Class index per pixel, uint8 `(H, W)`, for one RGB uint8 image."""
     # An exported model pads inside its graph (size_divisor 1); Keras ones to 32.
     size_divisor = getattr(model, "size_divisor", 32)
+    if tile_settings is not None and scales == (1.0,) and not flip and not crf_settings:
+        # Labels band by band: the whole image's softmax is never held.
+        return inference.predict_tiled_labels(
+            model, rgb, size_divisor=size_divisor, **tile_settings
+        )
     probabilities = inference.predict_multiscale(
-        model, rgb.astype(np.float32), scales, flip, size_divisor
+        model, rgb.astype(np.float32), scales, flip, size_divisor, tile_settings
     )
     if crf_settings is not None:
         probabilities = crf.dense_crf(rgb, probabilities.numpy(), **crf_settings)
@@ -306,6 +330,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = inference.load_model(args.model)
     else:  # A SavedModel folder, .tflite or .onnx written by export.py.
         model = exported.load_exported(args.model)
+    # An export's results.json is its source run's (export.json names the model).
+    run_model = getattr(model, "metadata", {}).get("source_model", args.model)
+    options["tile_settings"] = inference.tile_settings(
+        args,
+        getattr(model, "size_divisor", 32),
+        results.read_run(run_model)[0] if args.tile == "crop" else None,
+    )
     given_names = args.class_names or getattr(model, "class_names", None)
     names = class_names_for(args.model, model.output_shape[-1], given_names)
     os.makedirs(args.out, exist_ok=True)

@@ -4,6 +4,13 @@ Mean IoU on VOC is *not* the average of per-image IoUs: it is computed once
 from the confusion matrix summed over every pixel of the split (Everingham et
 al., IJCV 2010, Sec. 5.3). Void pixels (255) are left out of the matrix.
 
+Beside mean IoU, `iou_table` shows the two accuracies SegNet reports
+(Badrinarayanan et al., TPAMI 2017, Sec. 4): global accuracy, the share of
+non-void pixels classified right (`pixel_accuracy`), and class-average
+accuracy, the mean over classes of each class's recall
+(`class_average_accuracy`), which a model cannot raise by getting the large
+classes (background, road, sky) right alone.
+
 `trimap_mask` restricts scoring to a band around the ground-truth boundaries,
 where an output-stride-8 network is least accurate and a CRF helps most.
 """
@@ -110,30 +117,64 @@ def pixel_accuracy(matrix) -> tf.Tensor:
     return tf.linalg.trace(matrix) / tf.maximum(tf.reduce_sum(matrix), 1.0)
 
 
+def per_class_accuracy(matrix) -> tf.Tensor:
+    """Recall of each class, TP / (its pixels in the labels); NaN where a class is in
+    no label (row sum 0)."""
+    matrix = tf.cast(matrix, tf.float64)
+    true_positives = tf.linalg.diag_part(matrix)
+    label_pixels = tf.reduce_sum(matrix, 1)
+    return tf.where(
+        label_pixels > 0, true_positives / tf.maximum(label_pixels, 1.0), np.nan
+    )
+
+
+def class_average_accuracy(matrix) -> tf.Tensor:
+    """SegNet's class-average accuracy: mean recall over the classes in the labels.
+
+    A class that is only predicted, never in the labels, has no recall and is
+    left out (it still lowers the IoU of the classes it was confused with).
+    """
+    accuracies = per_class_accuracy(matrix)
+    present = tf.logical_not(tf.math.is_nan(accuracies))
+    return tf.reduce_mean(tf.boolean_mask(accuracies, present))
+
+
+def _percent(value: float, width: int) -> str:
+    """`value` as a percentage right-aligned in `width`, "-" for NaN (no pixels)."""
+    return f"{'-':>{width}}" if np.isnan(value) else f"{value:>{width}.1%}"
+
+
 def iou_table(matrix, class_names: Sequence[str]) -> str:
-    """Per-class IoU as a text table, with a bar, so "all background" is obvious."""
+    """Per-class IoU and accuracy as a text table, with an IoU bar, and the scores.
+
+    The bar makes "all background" obvious; "accuracy" is the class's recall
+    (share of its pixels predicted as it). The last line gives mean IoU and
+    SegNet's global and class-average accuracy.
+    """
     matrix = np.asarray(matrix)
     ious = per_class_iou(matrix).numpy()
+    accuracies = per_class_accuracy(matrix).numpy()
     gt_pixels = matrix.sum(axis=1)
-    lines = [f"{'class':<14} {'IoU':>6}  {'pixels':>10}"]
-    for name, iou, pixels in zip(class_names, ious, gt_pixels):
-        if np.isnan(iou):
-            lines.append(f"{name:<14} {'-':>6}  {pixels:>10,}")
-        else:
-            lines.append(
-                f"{name:<14} {iou:>6.1%}  {pixels:>10,}  {'#' * round(iou * 20)}"
-            )
+    lines = [f"{'class':<14} {'IoU':>6}  {'accuracy':>8}  {'pixels':>10}"]
+    for name, iou, accuracy, pixels in zip(class_names, ious, accuracies, gt_pixels):
+        line = f"{name:<14} {_percent(iou, 6)}  {_percent(accuracy, 8)}  {pixels:>10,}"
+        lines.append(line if np.isnan(iou) else f"{line}  {'#' * round(iou * 20)}")
     lines.append(
-        f"{'mean IoU':<14} {float(mean_iou(matrix)):>6.1%}   pixel accuracy "
-        f"{float(pixel_accuracy(matrix)):.1%}"
+        f"{'mean IoU':<14} {float(mean_iou(matrix)):>6.1%}   global accuracy "
+        f"{float(pixel_accuracy(matrix)):.1%}   class-average accuracy "
+        f"{float(class_average_accuracy(matrix)):.1%}"
     )
     return "\n".join(lines)
 
 
 class IoUReport(keras.callbacks.Callback):
-    """After each validation, print per-class IoU and log pixel accuracy.
+    """After each validation, print per-class IoU and log the two accuracies.
 
-    A high pixel accuracy with every object class at 0% IoU means the model
+    `val_pixel_accuracy` (SegNet's global accuracy) and
+    `val_class_average_accuracy` join the epoch's logs, so that history.csv and
+    TensorBoard (callbacks after this one) record them.
+
+    A high global accuracy with every object class at 0% IoU means the model
     predicts background everywhere; the table makes that impossible to miss.
     `metric` is the `ConfusionMatrix` the model was compiled with: at the end
     of an epoch it holds the validation counts.
@@ -152,6 +193,7 @@ class IoUReport(keras.callbacks.Callback):
         )
         if logs is not None:
             logs["val_pixel_accuracy"] = float(pixel_accuracy(matrix))
+            logs["val_class_average_accuracy"] = float(class_average_accuracy(matrix))
 
 
 def label_boundaries(labels: np.ndarray) -> np.ndarray:

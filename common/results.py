@@ -15,7 +15,7 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -23,7 +23,14 @@ import tensorflow as tf
 
 from common import layers, plots, voc
 from common.errors import InputError
-from common.metrics import confusion_counts, mean_iou, per_class_iou, pixel_accuracy
+from common.metrics import (
+    class_average_accuracy,
+    confusion_counts,
+    mean_iou,
+    per_class_accuracy,
+    per_class_iou,
+    pixel_accuracy,
+)
 
 RESULTS_FILE = "results.json"
 
@@ -34,15 +41,26 @@ RESULTS_FILE = "results.json"
 
 
 def scores(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
-    """Mean IoU, pixel accuracy, per-class IoU (None: class absent) and the matrix."""
-    ious = per_class_iou(matrix).numpy()
+    """Mean IoU, the accuracies, per-class IoU and accuracy, and the matrix.
+
+    `pixel_accuracy` is SegNet's global accuracy, `class_average_accuracy` its
+    class-average accuracy (the mean of `per_class_accuracy`, each class's
+    recall). A per-class value is None where the class has no pixels to score:
+    in no label and no prediction for IoU, in no label for accuracy.
+    """
+
+    def by_class(values: np.ndarray) -> dict:
+        return {
+            name: None if np.isnan(value) else float(value)
+            for name, value in zip(class_names, values)
+        }
+
     return {
         "mean_iou": float(mean_iou(matrix)),
         "pixel_accuracy": float(pixel_accuracy(matrix)),
-        "per_class_iou": {
-            name: None if np.isnan(iou) else float(iou)
-            for name, iou in zip(class_names, ious)
-        },
+        "class_average_accuracy": float(class_average_accuracy(matrix)),
+        "per_class_iou": by_class(per_class_iou(matrix).numpy()),
+        "per_class_accuracy": by_class(per_class_accuracy(matrix).numpy()),
         "confusion_matrix": np.asarray(matrix).tolist(),
     }
 
@@ -192,6 +210,38 @@ def image_mean_iou(mask: np.ndarray, logits: np.ndarray, num_classes: int) -> fl
     return float(mean_iou(matrix))
 
 
+def predict_examples(
+    model: keras.Model,
+    dataset: Iterable,
+    sizes: list[tuple[int, int]],
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Predict the first `len(sizes)` examples of an evaluation dataset, one by one.
+
+    `dataset` yields padded batches `(images, masks)` or `(images, masks,
+    weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
+    are the images' own sizes (`voc.image_sizes`). Yields, cropped back to
+    those sizes, each image (uint8 `(h, w, 3)`), its mask (`(h, w)`, void 255)
+    and its logits (float32 `(h, w, C)`). Only one batch's logits are held at
+    a time: on VOC they are 21 floats a pixel.
+    """
+    done = 0
+    for batch in dataset:
+        # Checked here, not after the last yield, so that a progress bar
+        # wrapped around `dataset` sees it end.
+        if done == len(sizes):
+            return
+        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
+        logits = np.asarray(model.predict_on_batch(batch_images))
+        batch_sizes = sizes[done:][: len(batch_images)]
+        margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
+        yield from zip(
+            voc.remove_padding(batch_images.astype(np.uint8), batch_sizes, margin),
+            voc.remove_padding(batch_masks, batch_sizes),
+            voc.remove_padding(logits, batch_sizes),
+        )
+        done += len(batch_sizes)
+
+
 def scored_examples(
     model: keras.Model,
     dataset: tf.data.Dataset,
@@ -200,31 +250,17 @@ def scored_examples(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[float]]:
     """Predict the first `len(sizes)` examples of an evaluation dataset and score each.
 
-    `dataset` yields padded batches `(images, masks)` or `(images, masks,
-    weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
-    are the images' own sizes (`voc.image_sizes`). Returns, cropped back to
-    those sizes, the images (uint8 `(h, w, 3)`), masks and predicted labels
-    (uint8 `(h, w)`, void 255) and each image's `image_mean_iou`. Logits are
-    dropped batch by batch: on VOC they are 21 floats a pixel.
+    Returns, as `predict_examples` yields them, the images (uint8 `(h, w, 3)`),
+    masks and predicted labels (uint8 `(h, w)`, void 255) and each image's
+    `image_mean_iou`; padding is void in the masks, so it is never scored.
     """
     images, masks, predictions, ious = [], [], [], []
-    for batch in dataset:
-        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
-        logits = np.asarray(model.predict_on_batch(batch_images))
-        # Padding is void in the masks, so it is never scored.
-        ious += [
-            image_mean_iou(mask, image_logits, num_classes)
-            for mask, image_logits in zip(batch_masks, logits)
-        ]
-        batch_sizes = sizes[len(images) :][: len(batch_images)]
-        margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
-        images += voc.remove_padding(batch_images.astype(np.uint8), batch_sizes, margin)
-        masks += voc.remove_padding(batch_masks.astype(np.uint8), batch_sizes)
-        labels = np.argmax(logits, axis=-1).astype(np.uint8)
-        predictions += voc.remove_padding(labels, batch_sizes)
-        if len(images) == len(sizes):
-            break
-    return images, masks, predictions, ious[: len(sizes)]
+    for image, mask, logits in predict_examples(model, dataset, sizes):
+        ious.append(image_mean_iou(mask, logits, num_classes))
+        images.append(image)
+        masks.append(mask.astype(np.uint8))
+        predictions.append(np.argmax(logits, axis=-1).astype(np.uint8))
+    return images, masks, predictions, ious
 
 
 def plot_run(

@@ -1,5 +1,6 @@
 """evaluate.py against a confusion matrix computed independently in numpy."""
 
+import csv
 import json
 
 import keras
@@ -11,6 +12,7 @@ from common import cli, inference, shapes
 from common.constants import IGNORE_LABEL
 from common.errors import InputError
 from common.metrics import label_boundaries, trimap_mask
+from common.voc import VOC_CLASSES
 
 NUM_CLASSES = 21
 
@@ -263,3 +265,102 @@ def test_a_model_for_other_classes_is_refused(shapes_dir, tmp_path):
     model_path = write_run(tmp_path, None, len(shapes.SHAPES_CLASSES))
     with pytest.raises(InputError, match="predicts 6 classes but the data has 21"):
         evaluate.main(["--model", model_path, "--data-dir", shapes_dir])
+
+
+def numpy_image_scores(image, mask, kernel):
+    """An image's own per-class IoU (NaN: in neither), mean IoU and pixel accuracy."""
+    predicted = np.argmax(image.astype(np.float32) @ kernel, axis=-1)
+    truth, predicted = mask[mask != IGNORE_LABEL], predicted[mask != IGNORE_LABEL]
+    ious = np.full(NUM_CLASSES, np.nan)
+    for c in set(truth) | set(predicted):
+        ious[c] = np.sum((truth == c) & (predicted == c)) / np.sum(
+            (truth == c) | (predicted == c)
+        )
+    return ious, np.nanmean(ious), np.mean(truth == predicted)
+
+
+@pytest.fixture()
+def voc_with_void(write_voc):
+    """tiny_voc's kind of images, one with a void frame, one all void."""
+    rng = np.random.default_rng(3)
+    examples = {}
+    for i, (height, width) in enumerate([(20, 30), (33, 17), (25, 25), (16, 16)]):
+        mask = rng.choice(np.array([0, 1, 5, 20], np.uint8), (height, width))
+        examples[f"im{i}"] = (rng.integers(0, 256, (height, width, 3), np.uint8), mask)
+    examples["im1"][1][:3] = IGNORE_LABEL  # 3 void rows of 33: void share 3/33.
+    examples["im3"][1][:] = IGNORE_LABEL  # Nothing to score.
+    return write_voc({"val": examples}), examples
+
+
+def read_per_image(folder):
+    with open(folder / "per_image.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_per_image_csv_scores_each_image_on_its_own(voc_with_void, tmp_path):
+    data_dir, examples = voc_with_void
+    model, kernel = pointwise_model()
+    model.save(tmp_path / "model.keras")
+
+    scores = evaluate.main(
+        ["--model", str(tmp_path / "model.keras"), "--data-dir", data_dir,
+         "--worst", "2"]
+    )  # fmt: skip
+
+    rows = read_per_image(tmp_path)
+    assert [row["image"] for row in rows] == ["im0", "im1", "im2", "im3"]
+    assert list(rows[0]) == [
+        "image", "mean_iou", "pixel_accuracy", "void_share",
+        *(f"iou_{name}" for name in VOC_CLASSES), "image_path",
+    ]  # fmt: skip
+    assert rows[1]["image_path"].endswith("im1.jpg")
+    for row, (image, mask) in zip(rows[:3], examples.values()):
+        ious, mean, accuracy = numpy_image_scores(image, mask, kernel)
+        assert float(row["mean_iou"]) == pytest.approx(mean, abs=1e-6)
+        assert float(row["pixel_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+        cells = [row[f"iou_{name}"] for name in VOC_CLASSES]
+        assert [cell == "" for cell in cells] == list(np.isnan(ious))
+        present = ~np.isnan(ious)
+        np.testing.assert_allclose(
+            [float(cell) for cell in cells if cell], ious[present], atol=1e-6
+        )
+    assert float(rows[0]["void_share"]) == 0.0
+    assert float(rows[1]["void_share"]) == pytest.approx(3 / 33)
+    # All void: nothing scored, nothing ranked.
+    assert rows[3]["void_share"] == "1.000000"
+    assert rows[3]["mean_iou"] == rows[3]["pixel_accuracy"] == ""
+    assert all(rows[3][f"iou_{name}"] == "" for name in VOC_CLASSES)
+
+    worst = scores["worst_images"]
+    by_iou = sorted(rows[:3], key=lambda row: float(row["mean_iou"]))
+    assert [entry["image"] for entry in worst] == [row["image"] for row in by_iou[:2]]
+    assert worst[0]["mean_iou"] <= worst[1]["mean_iou"]
+    assert (tmp_path / "worst_images.png").is_file()
+    with open(tmp_path / "eval.json") as f:
+        assert json.load(f)["worst_images"] == worst
+
+
+def test_per_image_path_writes_the_same_csv(voc_with_void, tmp_path):
+    data_dir, _ = voc_with_void
+    model, _ = pointwise_model()
+    model.save(tmp_path / "model.keras")
+    argv = ["--model", str(tmp_path / "model.keras"), "--data-dir", data_dir]
+
+    evaluate.main([*argv, "--output-dir", str(tmp_path / "plain")])
+    # --flip takes the one-image-at-a-time path; a pointwise model is mirror-symmetric.
+    scores = evaluate.main(
+        [*argv, "--flip", "--worst", "0", "--output-dir", str(tmp_path / "flip")]
+    )
+
+    assert read_per_image(tmp_path / "flip") == read_per_image(tmp_path / "plain")
+    assert (tmp_path / "plain" / "worst_images.png").is_file()
+    assert not (tmp_path / "flip" / "worst_images.png").exists()
+    assert scores["worst_images"] == []
+
+
+def test_a_negative_worst_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        evaluate.make_parser().parse_args(["--model", "x", "--worst", "-1"])
+    assert "argument --worst: must be an integer >= 0, not '-1'" in (
+        capsys.readouterr().err
+    )

@@ -7,8 +7,11 @@ import tensorflow as tf
 from common.losses import median_frequency_weights, segmentation_loss
 from common.metrics import (
     ConfusionMatrix,
+    IoUReport,
+    class_average_accuracy,
     iou_table,
     mean_iou,
+    per_class_accuracy,
     per_class_iou,
     pixel_accuracy,
 )
@@ -53,6 +56,41 @@ def test_absent_class_is_left_out_of_the_mean():
     assert float(mean_iou(matrix)) == pytest.approx((3 / 5 + 2 / 4) / 2)
     table = iou_table(matrix, ["background", "cat", "dog"])
     assert "cat" in table and "mean IoU" in table
+
+
+def test_segnet_s_accuracies_differ_from_mean_iou_as_worked_out_by_hand():
+    matrix = np.array([[6, 2, 0], [1, 3, 0], [0, 2, 2]])  # rows = truth
+    # Recall (row): 6/8, 3/4, 2/4 -> class-average accuracy 2/3.
+    # Global accuracy: diagonal 11 of 16 pixels.
+    # IoU: 6/(8+7-6), 3/(4+7-3), 2/(4+2-2) -> mean (2/3 + 3/8 + 1/2) / 3.
+    np.testing.assert_allclose(per_class_accuracy(matrix), [3 / 4, 3 / 4, 1 / 2])
+    assert float(class_average_accuracy(matrix)) == pytest.approx(2 / 3)
+    assert float(pixel_accuracy(matrix)) == pytest.approx(11 / 16)
+    assert float(mean_iou(matrix)) == pytest.approx((2 / 3 + 3 / 8 + 1 / 2) / 3)
+    table = iou_table(matrix, ["road", "car", "sign"])
+    assert "global accuracy 68.8%" in table
+    assert "class-average accuracy 66.7%" in table
+    assert table.splitlines()[2].split()[:3] == ["car", "37.5%", "75.0%"]
+
+
+def test_a_class_absent_from_the_labels_is_left_out_of_class_average_accuracy():
+    matrix = np.array([[3, 1, 0], [0, 0, 0], [1, 1, 2]])  # class 1 only predicted
+    assert np.isnan(per_class_accuracy(matrix)[1])
+    assert float(class_average_accuracy(matrix)) == pytest.approx((3 / 4 + 2 / 4) / 2)
+    assert float(per_class_iou(matrix)[1]) == 0.0  # But it costs mean IoU.
+    assert iou_table(matrix, ["a", "b", "c"]).splitlines()[2].split() == [
+        "b", "0.0%", "-", "0"
+    ]  # fmt: skip
+
+
+def test_iou_report_logs_both_accuracies_for_history_csv():
+    metric = ConfusionMatrix(num_classes=3)
+    metric.update_state(LABELS, one_hot_logits(PREDICTED, 3))
+    logs = {"val_mean_iou": 0.5}
+    IoUReport(metric, ["a", "b", "c"]).on_epoch_end(0, logs)
+    # Recall of EXPECTED_MATRIX's rows: 1/2, 2/2, 1/2.
+    assert logs["val_pixel_accuracy"] == pytest.approx(4 / 6)
+    assert logs["val_class_average_accuracy"] == pytest.approx(2 / 3)
 
 
 def test_loss_is_cross_entropy_averaged_over_non_void_pixels():

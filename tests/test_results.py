@@ -21,6 +21,9 @@ def test_scores_on_a_hand_computed_matrix():
     assert scores["per_class_iou"] == {"a": 3 / 5, "b": 2 / 4, "absent": None}
     assert scores["mean_iou"] == pytest.approx((3 / 5 + 2 / 4) / 2)
     assert scores["pixel_accuracy"] == pytest.approx(5 / 7)
+    # Recall = diagonal / row; the class in no label is left out of the mean.
+    assert scores["per_class_accuracy"] == {"a": 3 / 4, "b": 2 / 3, "absent": None}
+    assert scores["class_average_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
     assert scores["confusion_matrix"] == matrix.tolist()
 
 
