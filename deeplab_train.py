@@ -62,7 +62,11 @@ import keras
 from keras import layers
 
 from common import cli, training, voc
-from common.backbones import copy_weights_by_name, load_application
+from common.backbones import (
+    adapt_first_convolution,
+    copy_weights_by_name,
+    load_application,
+)
 from common.errors import InputError
 from common.layers import (
     BN_MOMENTUM,
@@ -71,6 +75,7 @@ from common.layers import (
     ResizeLike,
     batch_norm_layers,
     conv_bn_relu,
+    normalize_images,
     separable_conv_bn,
 )
 from common.losses import make_loss
@@ -155,14 +160,18 @@ def batch_norm(name: str, epsilon: float = 1e-3) -> layers.BatchNormalization:
     return layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=name)
 
 
-def vgg16_largefov(images):
+def vgg16_largefov(images, band_mean=None, band_std=None):
     """VGG-16 as in DeepLab v1 (Sec. 3.1 and 4.1), output stride 8.
 
     Layer names are `keras.applications.VGG16`'s. All five poolings are 3x3
     (as in the released model); pool4 and pool5 keep stride 1, so conv5's
-    3x3 kernels dilate by 2 to see what they saw at stride 16.
+    3x3 kernels dilate by 2 to see what they saw at stride 16. Images that
+    are not RGB are standardised with `band_mean` and `band_std` instead of
+    Caffe's preprocessing (so in every backbone: `normalize_images`).
     """
-    x = CaffeNormalization(name="caffe_normalization")(images)
+    x = normalize_images(
+        images, CaffeNormalization(name="caffe_normalization"), band_mean, band_std
+    )
     for block, (filters, convs) in enumerate(
         ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), start=1
     ):
@@ -214,6 +223,8 @@ def resnet50(
     output_stride: int,
     multi_grid: Sequence[int] = (1, 1, 1),
     blocks: Sequence[int] = RESNET50_BLOCKS,
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ):
     """Dilated ResNet-50 (v2 Sec. 4.3, v3 Sec. 3.1) with `multi_grid` in conv5.
 
@@ -222,7 +233,9 @@ def resnet50(
     `blocks` (units per stage, (3, 4, 6, 3) for ResNet-50) can be made smaller
     for quick runs; ImageNet weights then load into the units that exist.
     """
-    x = CaffeNormalization(name="caffe_normalization")(images)
+    x = normalize_images(
+        images, CaffeNormalization(name="caffe_normalization"), band_mean, band_std
+    )
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
     x = layers.Conv2D(64, 7, strides=2, name="conv1_conv")(x)
     x = batch_norm("conv1_bn", epsilon=1.001e-5)(x)
@@ -281,14 +294,19 @@ def mobilenetv2_unit(x, expansion: int, filters: int, stride: int, schedule, uni
     return x
 
 
-def mobilenetv2(images, output_stride: int):
+def mobilenetv2(images, output_stride: int, band_mean=None, band_std=None):
     """Dilated MobileNetV2 (width 1.0) up to its 320-channel unit 16.
 
     As in the DeepLab model zoo's `mobilenetv2_coco_voc_trainaug`: the last
     1x1 convolution to 1280 channels is dropped and ASPP reads the 320
     channels of unit 16. Layer names are `keras.applications.MobileNetV2`'s.
     """
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(images)
+    x = normalize_images(
+        images,
+        layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range"),
+        band_mean,
+        band_std,
+    )
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="Conv1")(x)
     x = batch_norm("bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
@@ -362,7 +380,7 @@ def xception_unit(
     return x, before_stride
 
 
-def xception65(images, output_stride: int):
+def xception65(images, output_stride: int, band_mean=None, band_std=None):
     """Aligned Xception-65 of DeepLab v3+ (Sec. 3.2, Fig. 4).
 
     Entry flow: two 3x3 convs and three units with stride 2; middle flow: 16
@@ -373,7 +391,12 @@ def xception65(images, output_stride: int):
     the last unit, the others starting each separable conv with a ReLU
     instead. No ImageNet weights exist in Keras for it.
     """
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(images)
+    x = normalize_images(
+        images,
+        layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range"),
+        band_mean,
+        band_std,
+    )
     schedule = OutputStride(output_stride)
     stride, _ = schedule.strided(2)
     x = layers.Conv2D(
@@ -520,6 +543,8 @@ def build_deeplab(
     aspp_atrous: bool | None = None,
     resnet_blocks: Sequence[int] = RESNET50_BLOCKS,
     head_filters: int | None = None,
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ) -> keras.Model:
     """Return DeepLab `variant`, mapping images in [0, 255] to logits at input size.
 
@@ -531,6 +556,9 @@ def build_deeplab(
     model zoo). `backbone_weights`: None, "imagenet" or a file (see
     `load_backbone_weights`). `head_filters` narrows the head for quick CPU
     runs (default: 1024 for v1's fc6/fc7, 256 for ASPP and the decoder).
+    Images that are not RGB (`input_shape` with their bands) are
+    standardised with `band_mean` and `band_std` instead of the backbone's
+    RGB preprocessing.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -552,15 +580,18 @@ def build_deeplab(
         )
 
     images = keras.Input(input_shape, name="image")
+    bands = {"band_mean": band_mean, "band_std": band_std}  # None: RGB.
     if backbone == "vgg16":
-        features, low_level = vgg16_largefov(images)
+        features, low_level = vgg16_largefov(images, **bands)
     elif backbone == "resnet50":
         grid = multi_grid if variant in ("v3", "v3plus") else (1,)
-        features, low_level = resnet50(images, output_stride, grid, resnet_blocks)
+        features, low_level = resnet50(
+            images, output_stride, grid, resnet_blocks, **bands
+        )
     elif backbone == "mobilenetv2":
-        features, low_level = mobilenetv2(images, output_stride)
+        features, low_level = mobilenetv2(images, output_stride, **bands)
     else:
-        features, low_level = xception65(images, output_stride)
+        features, low_level = xception65(images, output_stride, **bands)
     x = layers.Identity(name="features")(features)  # (b, h/os, w/os, channels)
 
     if variant == "v1":
@@ -621,7 +652,9 @@ def load_backbone_weights(
     weights for ResNet-50, MobileNetV2 and VGG-16; dilation does not change a
     kernel's shape, so they fit), a `.keras` model (any model whose layer
     names match, such as an earlier DeepLab run), or a weights file of the
-    Keras application (`.weights.h5`).
+    Keras application (`.weights.h5`). For images that are not RGB, the
+    backbone's RGB first convolution is adapted to their bands
+    (`adapt_first_convolution`).
     """
     if backbone_weights is None:
         return
@@ -636,6 +669,7 @@ def load_backbone_weights(
         raise InputError(f"--backbone-weights: no file {backbone_weights!r}")
 
     copied = copy_weights_by_name(source, model)
+    copied += adapt_first_convolution(source, model, backbone)
     if not copied:
         raise ValueError(f"No layer of {backbone_weights!r} matches {model.name}.")
     own_names = {layer.name for layer in model.layers}
@@ -872,12 +906,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             variant=args.variant,
             backbone=args.backbone,
             output_stride=args.output_stride,
-            backbone_weights=args.backbone_weights,
+            backbone_weights=training.backbone_weights(args),  # None with --init-from
             multi_grid=args.multi_grid,
             aspp_atrous=args.aspp_atrous,
             resnet_blocks=args.resnet_blocks,
             head_filters=args.head_filters,
+            input_shape=(None, None, args.input_channels),
+            band_mean=dataset.image_format.band_mean,  # None: RGB, as the backbone.
+            band_std=dataset.image_format.band_std,
         )
+        training.init_from(model, args)  # --init-from: a trained model's weights.
         if args.freeze_bn and args.variant != "v1":  # VGG-16 has no batch norm.
             print(f"Froze {freeze_batch_norm(model)} batch norm layers (--freeze-bn).")
         print(

@@ -50,6 +50,7 @@ import csv
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
@@ -134,10 +135,12 @@ def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
 
     Flags win; what they leave out comes from the training run's results.json,
     unless `--dataset` names another dataset than the run's. Fills in
-    `args.dataset`, `args.split` and the other data flags accordingly.
+    `args.dataset`, `args.split` and the other data flags accordingly. The
+    images are read as the run stored them (its bands and band means, for
+    padding: `results.run_image_format`), else as RGB.
     """
-    run, results_path = results.read_run(args.model)
-    run = (run or {}).get("dataset")
+    run_results, results_path = results.read_run(args.model)
+    run = (run_results or {}).get("dataset")
     given = [
         flag
         for flag, value in (
@@ -173,9 +176,13 @@ def resolve_dataset(args: argparse.Namespace) -> tuple[voc.DatasetSpec, str]:
             reason = f"--dataset differs from {results_path}"
         source = f"settings from the flags and defaults ({reason})"
     dataset = cli.resolve_dataset(args)
+    if run is not None and args.dataset == run["name"]:
+        image_format = results.run_image_format(run_results)
+        dataset = replace(dataset, image_format=image_format)
     return dataset, (
         f"Scoring {args.dataset} {args.split} in {dataset.data_dir} "
-        f"({dataset.num_classes} classes, void {dataset.ignore_index}): {source}"
+        f"({dataset.num_classes} classes, void {dataset.ignore_index}, "
+        f"{dataset.image_format.storage()}): {source}"
     )
 
 
@@ -316,6 +323,7 @@ def confusion_plain(
         num_classes=dataset.num_classes,
         ignore_index=dataset.ignore_index,
         mask_values=dataset.mask_values,
+        image_format=dataset.image_format,
     )
     total = -(-len(pairs) // batch_size)
     examples = results.predict_examples(
@@ -358,7 +366,7 @@ def confusion_per_image(
         for band in bands
     }
     pairs = voc.list_pairs(dataset.data_dir, split, dataset.layout)
-    voc.image_sizes(pairs)
+    voc.image_sizes(pairs, dataset.image_format)
     voc.check_mask_values(
         [mask for _, mask in pairs],
         dataset.num_classes,
@@ -372,12 +380,19 @@ def confusion_per_image(
             dataset.num_classes,
             dataset.ignore_index,
             dataset.mask_values,
+            dataset.image_format,
         )
         image, mask = image.numpy(), mask.numpy()
         probabilities = inference.predict_multiscale(
-            model, image, scales, flip, tile_settings=tile_settings
+            model,
+            image,
+            scales,
+            flip,
+            tile_settings=tile_settings,
+            pad_value=dataset.image_format.pad_value,
         )
         outputs = {"network": probabilities.numpy()}
+        image = voc.display_rgb(image)  # Other bands: as pictures show them.
         if crf_settings is not None:
             outputs["crf"] = crf.dense_crf(image, outputs["network"], **crf_settings)
         masks = {
@@ -412,6 +427,13 @@ def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
             f"{model.name!r} predicts {predicted} classes but the data has "
             f"{dataset.num_classes} ({source}): give the --dataset/--data-dir "
             "it was trained on."
+        )
+    bands = model.input_shape[-1]
+    if bands != dataset.image_format.bands:
+        raise InputError(
+            f"{model.name!r} takes images of {bands} bands but the data is read "
+            f"as {dataset.image_format.storage()} ({source}): evaluate it beside "
+            "the results.json of its training run, on the data it was trained on."
         )
 
 

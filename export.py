@@ -12,7 +12,11 @@ any height and width in (what a camera or an image decoder gives), `labels`
 (`--no-probabilities` drops the latter: smaller outputs on a phone). Inside,
 the image is padded at the bottom/right with the dataset mean to a multiple of
 32, run through the Keras model and cropped back: exactly what `evaluate.py`
-and `predict.py` do around the Keras model (`common/inference.py`).
+and `predict.py` do around the Keras model (`common/inference.py`). A model
+trained on images that are not 8-bit RGB (its `results.json` says) takes
+their bands instead, `(B, H, W, bands)`, as uint8 for 8-bit images and as
+float32 with the stored values otherwise (16-bit, float TIFF), and pads with
+their band means; the model standardises them itself.
 
 The files come from Keras' own exporters (`model.export`): a SavedModel, the
 LiteRT converter (built-in ops only, so the file runs on phones without the
@@ -46,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import cli, exported, inference, results, shapes, voc
-from common.constants import IGNORE_LABEL, IMAGE_MEAN
+from common.constants import IGNORE_LABEL
 from common.errors import DatasetError, InputError
 from common.layers import pad_to_multiple
 from common.metrics import ConfusionMatrix, mean_iou
@@ -70,13 +74,21 @@ class ExportError(InputError):
 # --------------------------------------------------------------------------
 
 
+def signature_dtype(image_format: voc.ImageFormat) -> str:
+    """The exported input's dtype: uint8 for 8-bit images, else float32.
+
+    float32 carries 16-bit and float values exactly, and every runtime takes it.
+    """
+    return "uint8" if image_format.dtype == "uint8" else "float32"
+
+
 class ServingModel(keras.Model):
     """uint8 images of any size -> class indices (and probabilities).
 
     Wraps a trained model with what `common.inference.predict_probabilities`
-    does around it: pad at the bottom/right with the dataset mean to a
-    multiple of `size_divisor`, run, crop the padding off, softmax. Only the
-    wrapped model has weights.
+    does around it: pad at the bottom/right with the dataset mean
+    (`pad_value`, one value per band) to a multiple of `size_divisor`, run,
+    crop the padding off, softmax. Only the wrapped model has weights.
     """
 
     def __init__(
@@ -84,18 +96,20 @@ class ServingModel(keras.Model):
         model: keras.Model,
         probabilities: bool = True,
         size_divisor: int = SIZE_DIVISOR,
+        pad_value: Sequence[float] = voc.RGB.pad_value,
         **kwargs,
     ):
         super().__init__(name=f"{model.name}_serving", **kwargs)
         self.model = model
         self.probabilities = probabilities
         self.size_divisor = size_divisor
+        self.pad_value = tuple(pad_value)
 
     def call(self, images):
-        images = tf.cast(images, tf.float32)  # (b, h, w, 3) in [0, 255]
+        images = tf.cast(images, tf.float32)  # (b, h, w, bands), RGB in [0, 255]
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         # Padded with the mean pixel, as validation in training pads.
-        mean = tf.constant(IMAGE_MEAN, tf.float32)
+        mean = tf.constant(self.pad_value, tf.float32)
         padded = pad_to_multiple(images - mean, self.size_divisor) + mean
         logits = self.model(padded, training=False)[:, :height, :width]
         logits = tf.cast(logits, tf.float32)  # (b, h, w, classes)
@@ -105,12 +119,18 @@ class ServingModel(keras.Model):
         return outputs
 
 
-def serving_model(model: keras.Model, probabilities: bool = True) -> ServingModel:
-    """A built `ServingModel` (Keras exports only built models)."""
+def serving_model(
+    model: keras.Model,
+    probabilities: bool = True,
+    image_format: voc.ImageFormat = voc.RGB,
+) -> ServingModel:
+    """A built `ServingModel` (Keras exports only built models) for images
+    stored as `image_format` (the model's training run's)."""
     if model.output_shape[-1] > 256:
         raise ExportError("labels are uint8: at most 256 classes can be exported.")
-    serving = ServingModel(model, probabilities)
-    serving(np.zeros((1, SIZE_DIVISOR, SIZE_DIVISOR, 3), np.uint8))
+    serving = ServingModel(model, probabilities, pad_value=image_format.pad_value)
+    shape = (1, SIZE_DIVISOR, SIZE_DIVISOR, image_format.bands)
+    serving(np.zeros(shape, signature_dtype(image_format)))
     return serving
 
 
@@ -154,11 +174,18 @@ def export_format(
     format: str,
     quantize: str = "none",
     calibration: Sequence[np.ndarray] = (),
+    image_format: voc.ImageFormat = voc.RGB,
 ) -> None:
     """Write `serving` to `path` in `format` with Keras' exporter for it."""
     if format in EXPORT_PACKAGES:
         exported.require(EXPORT_PACKAGES[format], f"--format {format}")
-    signature = [tf.TensorSpec((None, None, None, 3), tf.uint8, name="images")]
+    signature = [
+        tf.TensorSpec(
+            (None, None, None, image_format.bands),
+            signature_dtype(image_format),
+            name="images",
+        )
+    ]
     settings = litert_settings(quantize, calibration) if format == "tflite" else {}
     try:
         with warnings.catch_warnings():
@@ -206,17 +233,23 @@ def file_size_mb(path: str) -> float:
 
 
 def check_dataset(model_path: str, data_dir: str | None) -> voc.DatasetSpec:
-    """The images to check on: `--data-dir`, the run's data, VOC, else `shapes`."""
+    """The images to check on: `--data-dir`, the run's data, VOC, else `shapes`.
+
+    They are read as the run's images were (`results.run_image_format`).
+    """
+    run_results = results.read_run(model_path)[0]
+    image_format = results.run_image_format(run_results)
     if data_dir:
         names = shapes.SHAPES_CLASSES if shapes.is_shapes_dir(data_dir) else ()
-        return voc.DatasetSpec(data_dir, "auto", names)
-    run = (results.read_run(model_path)[0] or {}).get("dataset")
+        return voc.DatasetSpec(data_dir, "auto", names, image_format=image_format)
+    run = (run_results or {}).get("dataset")
     if run and os.path.isdir(run["data_dir"]):
         return voc.DatasetSpec(
             run["data_dir"],
             run["layout"],
             tuple(run["class_names"]),
             run["ignore_index"],
+            image_format=image_format,
         )
     if os.path.isdir(voc.VOC_DIR):
         return voc.DatasetSpec(voc.VOC_DIR, "voc", voc.VOC_CLASSES)
@@ -235,17 +268,28 @@ def read_examples(
     examples = []
     for image_path, mask_path in pairs:
         # 255 classes: accept every index here, judge the range below.
-        image, mask = voc.load_pair(image_path, mask_path, 255, dataset.ignore_index)
+        image, mask = voc.load_pair(
+            image_path,
+            mask_path,
+            255,
+            dataset.ignore_index,
+            image_format=dataset.image_format,
+        )
         mask = mask.numpy()
         valid = scored and np.all((mask < num_classes) | (mask == IGNORE_LABEL))
         examples.append((image.numpy(), mask if valid else None))
     return examples
 
 
-def keras_labels(model: keras.Model, examples) -> list[np.ndarray]:
+def keras_labels(
+    model: keras.Model, examples, image_format: voc.ImageFormat = voc.RGB
+) -> list[np.ndarray]:
     """The reference: the Keras model as evaluate.py and predict.py run it."""
+    pad_value = image_format.pad_value
     return [
-        inference.to_numpy_labels(inference.predict_probabilities(model, image))
+        inference.to_numpy_labels(
+            inference.predict_probabilities(model, image, pad_value=pad_value)
+        )
         for image, _ in examples
     ]
 
@@ -373,6 +417,7 @@ def load_checked_model(path: str) -> keras.Model:
 def metadata(args, model, dataset, rows, keras_iou) -> dict:
     """What an app needs besides the file: classes, colours, input rules."""
     num_classes = model.output_shape[-1]
+    image_format = dataset.image_format
     return {
         "source_model": os.path.abspath(args.model),
         "model_name": model.name,
@@ -383,11 +428,13 @@ def metadata(args, model, dataset, rows, keras_iou) -> dict:
         "palette": COLORMAP[:num_classes].tolist(),
         "input": {
             "name": "images",
-            "dtype": "uint8",
-            "shape": ["batch", "height", "width", 3],
-            "color_order": "RGB",
+            "dtype": signature_dtype(image_format),
+            "shape": ["batch", "height", "width", image_format.bands],
+            "color_order": "RGB" if image_format.is_rgb else "as stored",
+            "stored_as": image_format.storage(),
             "sizes": "any height and width; padded inside to a multiple of "
-            f"{SIZE_DIVISOR} with the mean pixel {list(IMAGE_MEAN)} and cropped back",
+            f"{SIZE_DIVISOR} with the mean pixel {list(image_format.pad_value)} "
+            "and cropped back",
         },
         "outputs": {
             "labels": "uint8 (batch, height, width): class index per pixel",
@@ -424,23 +471,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     os.makedirs(out, exist_ok=True)
 
     dataset = check_dataset(args.model, args.data_dir)
+    image_format = dataset.image_format
+    if model.input_shape[-1] != image_format.bands:
+        raise ExportError(
+            f"{model.name} takes {model.input_shape[-1]} bands but its run's "
+            f"results.json says {image_format.storage()}: keep the results.json "
+            "that training wrote beside the model."
+        )
     examples = read_examples(dataset, "val", args.check_images, num_classes)
     calibration = []
     if args.quantize == "int8":
         calibration = [
-            image
+            image.astype(signature_dtype(image_format))
             for image, _ in read_examples(
                 dataset, "train", args.calibration_images, num_classes
             )
         ]
-    reference = keras_labels(model, examples)
+    reference = keras_labels(model, examples, image_format)
     keras_iou = mean_iou_of(reference, examples, num_classes)
 
-    serving = serving_model(model, args.probabilities)
+    serving = serving_model(model, args.probabilities, image_format)
     rows = []
     for format in args.format:
         path = os.path.join(out, artefact_name(format, args.quantize))
-        export_format(serving, path, format, args.quantize, calibration)
+        export_format(serving, path, format, args.quantize, calibration, image_format)
         runner = exported.RUNNERS[format](path)
         row = check_export(runner, examples, reference, num_classes)
         rows.append(

@@ -64,12 +64,18 @@ import keras
 from keras import layers, ops
 
 from common import cli, training, voc
-from common.backbones import copy_weights_by_name, load_application
+from common.backbones import (
+    adapt_first_convolution,
+    copy_weights_by_name,
+    load_application,
+)
 from common.layers import (
     BilinearUpsampling,
     CaffeNormalization,
     CropToMatch,
+    MatmulConv2D,
     PadToMultiple,
+    normalize_images,
 )
 from common.losses import make_loss
 from common.metrics import ConfusionMatrix
@@ -128,9 +134,11 @@ def convolutional_classifier(x, width: float = 1.0):
     fc1 saw as its whole, flattened input. Dropout as in the classifier.
     """
     units = scaled(FC_UNITS, width)
-    x = layers.Conv2D(units, 7, padding="same", activation="relu", name="fc6")(x)
+    # MatmulConv2D is Conv2D, computed on a CPU as one matrix product: on this
+    # tiny stride-32 map, TensorFlow's own CPU kernels are several times slower.
+    x = MatmulConv2D(units, 7, padding="same", activation="relu", name="fc6")(x)
     x = layers.Dropout(0.5, name="drop6")(x)
-    x = layers.Conv2D(units, 1, activation="relu", name="fc7")(x)
+    x = MatmulConv2D(units, 1, activation="relu", name="fc7")(x)
     return layers.Dropout(0.5, name="drop7")(x)  # (B, H/32, W/32, 4096)
 
 
@@ -193,6 +201,8 @@ def build_fcn(
     freeze_upsampling: bool = False,
     width: float = 1.0,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ) -> keras.Model:
     """Return FCN-`variant` on VGG-16, mapping RGB images in [0, 255] to logits.
 
@@ -201,7 +211,10 @@ def build_fcn(
     fc6/fc7 start from it. `width` scales every layer's channels (1.0: the
     paper; smaller only with `backbone_weights=None`). Any input size works:
     the image is padded to a multiple of 32 inside and the logits
-    `(B, H, W, num_classes)` are cropped back to it.
+    `(B, H, W, num_classes)` are cropped back to it. Images that are not RGB
+    (`input_shape` with their bands) are standardised with `band_mean` and
+    `band_std` instead of Caffe's preprocessing, and conv1_1 is adapted to
+    their bands (`adapt_first_convolution`).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
@@ -213,7 +226,9 @@ def build_fcn(
         vgg = load_application("vgg16", backbone_weights, include_top=True)
 
     images = keras.Input(input_shape, name="image")
-    x = CaffeNormalization(name="caffe_normalization")(images)
+    x = normalize_images(
+        images, CaffeNormalization(name="caffe_normalization"), band_mean, band_std
+    )
     x = PadToMultiple(32, name="pad_to_32")(x)
     pool3, pool4, pool5 = vgg16_features(x, width)
     x = convolutional_classifier(pool5, width)
@@ -229,7 +244,7 @@ def build_fcn(
 
 
 # --------------------------------------------------------------------------
-# Initialisation: ImageNet VGG-16, or a coarser trained FCN
+# Initialisation: ImageNet VGG-16 (a coarser FCN: --init-from, common.training)
 # --------------------------------------------------------------------------
 
 
@@ -241,32 +256,11 @@ def copy_vgg16_weights(vgg: keras.Model, model: keras.Model) -> None:
     reshapes to fc6's (7, 7, 512, 4096) with no transposition.
     """
     copy_weights_by_name(vgg, model)  # The 13 convolutions, block1_conv1 ...
+    adapt_first_convolution(vgg, model, "vgg16")  # block1_conv1, for other bands.
     for dense_name, conv_name in (("fc1", "fc6"), ("fc2", "fc7")):
         dense, conv = vgg.get_layer(dense_name), model.get_layer(conv_name)
         conv.kernel.assign(ops.reshape(dense.kernel, conv.kernel.shape))
         conv.bias.assign(dense.bias)
-
-
-def init_from(model: keras.Model, path: str) -> list[str]:
-    """Copy the weights of a trained (coarser) FCN into `model`, layer by name.
-
-    The staged recipe of Sec. 4.2: FCN-16s starts from FCN-32s, FCN-8s from
-    FCN-16s. Layers with the same name and weight shapes are copied (the
-    backbone, fc6/fc7, score_fr, and upscore2/score_pool4 from a 16s); the
-    rest keep their initialisation (zero skip scores, bilinear upsampling).
-    Returns the names of the copied layers.
-    """
-    source = keras.saving.load_model(path, compile=False)
-    copied = copy_weights_by_name(source, model)
-    if not copied:
-        raise ValueError(f"--init-from {path}: no layer matches this model.")
-    print(f"Initialised {len(copied)} layers from {path}: {', '.join(copied)}")
-    unused = sorted(
-        {layer.name for layer in source.layers if layer.weights} - set(copied)
-    )
-    if unused:
-        print(f"Not used from {path}: {', '.join(unused)}")
-    return copied
 
 
 # --------------------------------------------------------------------------
@@ -300,13 +294,6 @@ def make_parser() -> argparse.ArgumentParser:
         default="imagenet",
         help="imagenet (downloads 528 MB once), none (random), or the path of a "
         "VGG-16 weights file with its fc layers (default: %(default)s)",
-    )
-    model.add_argument(
-        "--init-from",
-        metavar="PATH",
-        help="a trained coarser FCN (.keras, e.g. runs/fcn32s/best.keras) to start "
-        "from, layer by name: the paper's staged training (default: none, start from "
-        "--backbone-weights)",
     )
     model.add_argument(
         "--freeze-upsampling",
@@ -343,8 +330,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = make_parser()
     args = cli.parse(parser, argv)
     cli.check_crop_size(parser, args.crop_size, input_size_rule(args))
-    if args.init_from:
-        cli.check_path(args.init_from, "--init-from", "file", "a trained FCN .keras")
     cli.check_backbone_weights(args.backbone_weights)
     if args.width != 1.0 and args.backbone_weights and not args.init_from:
         parser.error("--width other than 1 needs --backbone-weights none")
@@ -363,13 +348,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = build_fcn(
             dataset.num_classes,
             args.variant,
-            # A trained FCN replaces the backbone anyway: skip the download.
-            backbone_weights=None if args.init_from else args.backbone_weights,
+            backbone_weights=training.backbone_weights(args),  # None with --init-from
             freeze_upsampling=args.freeze_upsampling,
             width=args.width,
+            input_shape=(None, None, args.input_channels),
+            band_mean=dataset.image_format.band_mean,  # None: RGB, Caffe's way.
+            band_std=dataset.image_format.band_std,
         )
-        if args.init_from:
-            init_from(model, args.init_from)
+        # --init-from: a trained FCN's weights, layer by name. The staged recipe
+        # of Sec. 4.2 (16s from 32s, 8s from 16s) copies the backbone, fc6/fc7
+        # and score_fr; the new skip scores stay zero, the upsampling bilinear.
+        training.init_from(model, args)
         iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
         model.compile(
             # Sec. 4.3: SGD, momentum 0.9, weight decay (the defaults of make_parser).

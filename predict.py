@@ -11,7 +11,11 @@ becomes `NAME_overlay.mp4`.
 It names every file it writes (or, for many inputs, the folder and the count).
 Images of any size work (padded for the network, cropped back); greyscale and
 RGBA inputs are converted; JPEG EXIF orientation is applied (OpenCV does it on
-reading). A file that cannot be read is reported and skipped; the exit code is
+reading). A model trained on images that are not 8-bit RGB (greyscale,
+16-bit, RGBA, multi-band TIFF) reads each input as its training images were
+read, with their bands (`results.json` says which), pads it with their band
+means, and overlays the mask on the first band (grey) or the first three.
+A file that cannot be read is reported and skipped; the exit code is
 1 if any input failed. Class names come from the `results.json` beside the
 model. `--crf` refines each prediction with DeepLab's dense CRF
 (`common/crf.py`; `pip install -r requirements-crf.txt`).
@@ -39,15 +43,19 @@ import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
 # isort: split
 import cv2
 import numpy as np
+import tensorflow as tf
 from PIL import Image
 
-from common import cli, crf, exported, inference, plots, results
+from common import cli, crf, exported, inference, plots, results, voc
+from common.constants import IMAGE_MEAN
+from common.errors import InputError
 from common.metrics import label_boundaries
 from common.voc import IMAGE_EXTENSIONS
 
@@ -102,6 +110,31 @@ def class_names_for(model_path: str, num_classes: int, given: Sequence[str] | No
     return results.run_class_names(model_path, num_classes)
 
 
+def run_image_format(model, run: dict | None) -> voc.ImageFormat:
+    """How the model's training images were stored (its run's results.json).
+
+    Without a run, a model of three input bands takes RGB; one of other bands
+    needs the band means its run recorded to pad with, so it is refused.
+    """
+    image_format = results.run_image_format(run)
+    bands = model_bands(model)
+    if bands not in (None, image_format.bands):
+        found = f"says {image_format.storage()}" if run else "is not beside it"
+        raise InputError(
+            f"--model {model.name} takes images of {bands} bands, but the "
+            f"results.json of its training run {found}: keep the results.json "
+            "that training wrote beside the model."
+        )
+    return image_format
+
+
+def model_bands(model) -> int | None:
+    """The input bands of a Keras or exported model (None if it does not say)."""
+    if hasattr(model, "input_shape"):
+        return model.input_shape[-1]
+    return model.bands
+
+
 def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
     """Files as given; folders become their image files, sorted."""
     for path in inputs:
@@ -114,21 +147,39 @@ def expand_inputs(inputs: Sequence[str]) -> Iterator[str]:
 
 
 def segment(
-    model, rgb: np.ndarray, scales, flip: bool, crf_settings=None, tile_settings=None
+    model,
+    rgb: np.ndarray,
+    scales,
+    flip: bool,
+    crf_settings=None,
+    tile_settings=None,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ):
-    """Class index per pixel, uint8 `(H, W)`, for one RGB uint8 image."""
+    """Class index per pixel, uint8 `(H, W)`, for one RGB uint8 image.
+
+    Images that are not RGB: float32 `(H, W, bands)`, padded with `pad_value`
+    (their band means); the CRF sees them as `voc.display_rgb` shows them.
+    """
     # An exported model pads inside its graph (size_divisor 1); Keras ones to 32.
     size_divisor = getattr(model, "size_divisor", 32)
     if tile_settings is not None and scales == (1.0,) and not flip and not crf_settings:
         # Labels band by band: the whole image's softmax is never held.
         return inference.predict_tiled_labels(
-            model, rgb, size_divisor=size_divisor, **tile_settings
+            model, rgb, size_divisor=size_divisor, pad_value=pad_value, **tile_settings
         )
     probabilities = inference.predict_multiscale(
-        model, rgb.astype(np.float32), scales, flip, size_divisor, tile_settings
+        model,
+        rgb.astype(np.float32),
+        scales,
+        flip,
+        size_divisor,
+        tile_settings,
+        pad_value,
     )
     if crf_settings is not None:
-        probabilities = crf.dense_crf(rgb, probabilities.numpy(), **crf_settings)
+        probabilities = crf.dense_crf(
+            voc.display_rgb(rgb), probabilities.numpy(), **crf_settings
+        )
     return inference.to_numpy_labels(probabilities)
 
 
@@ -256,16 +307,34 @@ def save_palette_png(labels: np.ndarray, path: str) -> None:
     image.save(path)
 
 
+def read_image(path: str, image_format: voc.ImageFormat) -> np.ndarray:
+    """One input: uint8 RGB `(H, W, 3)`, or as the model's training images were read.
+
+    For RGB, OpenCV converts grey and RGBA to RGB and applies the EXIF
+    orientation. Other formats (`voc.load_image`): float32 `(H, W, bands)`
+    with the stored values, and an image with other bands or bit depth is
+    an `OSError` naming it.
+    """
+    if image_format.is_rgb:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)  # grey/RGBA -> BGR, EXIF applied
+        if bgr is None:
+            raise OSError(f"cannot read {path!r} as an image")
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    stored = replace(image_format, tiff=path.lower().endswith(voc.TIFF_EXTENSIONS))
+    try:
+        voc.checked_image_size(path, stored)
+        return voc.load_image(path, stored).numpy()
+    except (ValueError, tf.errors.OpError) as error:
+        raise OSError(f"{path!r} does not fit this model: {error}") from None
+
+
 def predict_image(model, path: str, out_dir: str, names, args, options) -> list[str]:
     """Write NAME_mask.png and NAME_overlay.jpg for one image; return their paths."""
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)  # grey/RGBA -> BGR, EXIF applied
-    if bgr is None:
-        raise OSError(f"cannot read {path!r} as an image")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    labels = segment(model, rgb, **options)
+    image = read_image(path, args.image_format)
+    labels = segment(model, image, **options)
     stem = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0])
     save_palette_png(labels, f"{stem}_mask.png")
-    blended = overlay(rgb, labels, names, args.alpha)
+    blended = overlay(voc.display_rgb(image), labels, names, args.alpha)
     cv2.imwrite(f"{stem}_overlay.jpg", cv2.cvtColor(blended, cv2.COLOR_RGB2BGR))
     return [f"{stem}_mask.png", f"{stem}_overlay.jpg"]
 
@@ -275,6 +344,11 @@ def predict_video(model, path: str, out_dir: str, names, args, options) -> list[
 
     The legend lists every class, so that all frames have the same size.
     """
+    if not args.image_format.is_rgb:
+        raise OSError(
+            f"{path!r}: video frames are RGB, but this model takes "
+            f"{args.image_format.storage()}"
+        )
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         raise OSError(f"cannot open {path!r} as a video")
@@ -332,11 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = exported.load_exported(args.model)
     # An export's results.json is its source run's (export.json names the model).
     run_model = getattr(model, "metadata", {}).get("source_model", args.model)
+    run = results.read_run(run_model)[0]
     options["tile_settings"] = inference.tile_settings(
-        args,
-        getattr(model, "size_divisor", 32),
-        results.read_run(run_model)[0] if args.tile == "crop" else None,
+        args, getattr(model, "size_divisor", 32), run
     )
+    args.image_format = run_image_format(model, run)
+    options["pad_value"] = args.image_format.pad_value
     given_names = args.class_names or getattr(model, "class_names", None)
     names = class_names_for(args.model, model.output_shape[-1], given_names)
     os.makedirs(args.out, exist_ok=True)

@@ -63,7 +63,11 @@ import keras
 from keras import layers
 
 from common import cli, training
-from common.backbones import copy_weights_by_name, load_application
+from common.backbones import (
+    adapt_first_convolution,
+    copy_weights_by_name,
+    load_application,
+)
 from common.layers import (
     BN_MOMENTUM,
     CaffeNormalization,
@@ -71,6 +75,7 @@ from common.layers import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
     conv_bn_relu,
+    normalize_images,
 )
 from common.losses import make_loss
 from common.metrics import ConfusionMatrix
@@ -184,11 +189,15 @@ def build_segnet(
     backbone_weights: str | None = None,
     upsampling: str = "indices",
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ) -> keras.Model:
     """Return SegNet (Fig. 2) or SegNet-Basic, mapping images to per-pixel logits.
 
     Images: float32 `(batch, h, w, 3)`, RGB in [0, 255], any h and w. Logits:
-    float32 `(batch, h, w, num_classes)`.
+    float32 `(batch, h, w, num_classes)`. Images that are not RGB
+    (`input_shape` with their bands) are standardised with `band_mean` and
+    `band_std` instead of Caffe's preprocessing.
 
     `backbone_weights` ("imagenet", a file of `keras.applications.VGG16`
     weights, or None) initialises the `vgg16` encoder; the decoder always
@@ -205,7 +214,9 @@ def build_segnet(
         raise ValueError("SegNet-Basic has no pretrained backbone; use weights None.")
     inputs = keras.Input(input_shape, name="image")
     # Caffe-style preprocessing, as VGG-16's ImageNet weights expect.
-    x = CaffeNormalization(name="caffe_normalization")(inputs)
+    x = normalize_images(
+        inputs, CaffeNormalization(name="caffe_normalization"), band_mean, band_std
+    )
     if variant == "vgg16":
         x, poolings = vgg16_encoder(x)
         x = vgg16_decoder(x, poolings, upsampling)
@@ -235,9 +246,12 @@ def load_vgg16_weights(model: keras.Model, backbone_weights: str) -> None:
     a file that `keras.applications.VGG16(include_top=False)` loads. Our
     encoder convolutions have no bias, so VGG's biases are left out: the
     batch norm right after each convolution subtracts any per-channel
-    constant anyway.
+    constant anyway. For images that are not RGB, conv1_1 is adapted to their
+    bands (`adapt_first_convolution`).
     """
-    copy_weights_by_name(load_application("vgg16", backbone_weights), model)
+    vgg = load_application("vgg16", backbone_weights)
+    copy_weights_by_name(vgg, model)
+    adapt_first_convolution(vgg, model, "vgg16")
 
 
 # --------------------------------------------------------------------------
@@ -303,9 +317,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         model = build_segnet(
             dataset.num_classes,
             variant=args.variant,
-            backbone_weights=args.backbone_weights,
+            backbone_weights=training.backbone_weights(args),  # None with --init-from
             upsampling=args.upsampling,
+            input_shape=(None, None, args.input_channels),
+            band_mean=dataset.image_format.band_mean,  # None: RGB, Caffe's way.
+            band_std=dataset.image_format.band_std,
         )
+        training.init_from(model, args)  # --init-from: a trained model's weights.
     train_ds, val_ds, steps_per_epoch = training.make_datasets(
         args, dataset, input_size_rule(args)
     )

@@ -35,7 +35,7 @@ import keras
 from keras import layers
 
 from common import cli, training, voc
-from common.layers import CropToMatch, conv_bn_relu
+from common.layers import CropToMatch, conv_bn_relu, normalize_images
 from common.losses import make_loss
 from common.metrics import ConfusionMatrix
 
@@ -58,17 +58,26 @@ def build_unet(
     padding: str = "same",
     batch_norm: bool = True,
     filters: Sequence[int] = PAPER_FILTERS,
+    band_mean: Sequence[float] | None = None,
+    band_std: Sequence[float] | None = None,
 ) -> keras.Model:
     """Return the U-Net of Fig. 1, mapping images in [0, 255] to per-pixel logits.
 
     `filters` are the channels of the contracting levels; the bottleneck has
     twice the last (1024 in the paper). With `padding="valid"` the output is
-    smaller than the input by `2 * label_margin(len(filters))` pixels.
+    smaller than the input by `2 * label_margin(len(filters))` pixels. Images
+    that are not RGB (`input_shape` with their bands) are standardised with
+    `band_mean` and `band_std` instead of scaled to [-1, 1].
     """
     if padding not in ("same", "valid"):
         raise ValueError(f"padding must be 'same' or 'valid', not {padding!r}")
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    x = normalize_images(
+        inputs,
+        layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range"),
+        band_mean,
+        band_std,
+    )
 
     skips = []
     for level, level_filters in enumerate(filters, start=1):  # contracting path
@@ -194,10 +203,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with strategy.scope():  # Variables live on every replica (tf.distribute).
         model = build_unet(
             dataset.num_classes,
+            input_shape=(None, None, args.input_channels),
             padding=args.padding,
             batch_norm=args.batch_norm,
             filters=args.filters,
+            band_mean=dataset.image_format.band_mean,  # None: RGB, to [-1, 1].
+            band_std=dataset.image_format.band_std,
         )
+        training.init_from(model, args)  # --init-from: a trained model's weights.
         iou = ConfusionMatrix(dataset.num_classes)  # result(): the mean IoU
         model.compile(
             optimizer=training.make_optimizer(args, args.epochs * steps_per_epoch),

@@ -12,7 +12,7 @@ import argparse
 import multiprocessing
 import os
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 import keras
@@ -66,15 +66,50 @@ def add_models_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def in_fresh_process(function: Callable, *args):
+def in_fresh_process(function: Callable, *args, env: Mapping[str, str] | None = None):
     """`function(*args)` in a new Python process, for a per-model peak memory.
 
     A process's peak resident set never goes down, so measuring several models
-    in one process would report the largest so far for each of them.
+    in one process would report the largest so far for each of them. `env`
+    adds environment variables for that process only, e.g.
+    `{"TF_ENABLE_ONEDNN_OPTS": "1"}`, which TensorFlow reads when it loads.
     """
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
+    saved = dict(os.environ)
+    os.environ.update(env or {})  # The spawned process copies the environment.
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(function, *args).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# TensorFlow's oneDNN switch, as a benchmark's --onednn flag names its settings.
+ONEDNN = {
+    "default": {},
+    "off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+    "on": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+}
+# CPU features that decide what oneDNN and mixed precision can do.
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the features of `CPU_FEATURES` it has (Linux)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    present = " ".join(feature for feature in CPU_FEATURES if feature in flags)
+    return f"{model}, {os.cpu_count()} cores; features: {present or 'none of those'}"
 
 
 def peak_memory_mb() -> float:

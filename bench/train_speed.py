@@ -3,6 +3,7 @@
     pip install -r bench/requirements.txt     # keras-hub, for the peer model
     python bench/train_speed.py                          # all models, 256 px, batch 2
     python bench/train_speed.py --crop-size 512 --batch-size 8 --models unet fcn8s
+    python bench/train_speed.py --onednn off on --crop-size 128 --batch-size 4 --no-peer
 
 For each model, on one batch held in memory (so the input pipeline is not
 measured; `bench/pipeline.py` does that): parameters, forward FLOPs per image
@@ -13,7 +14,10 @@ this machine's float32 matrix-multiply rate, measured in the same run with a
 large `tf.linalg.matmul`. The peer, keras-hub's `DeepLabV3ImageSegmenter` with
 a random ResNet-50, runs at the same size; the last column is each model's
 time per step over the peer's (compare it on the deeplabv3plus_resnet50 row).
-Each model runs in a fresh process, so peak memory is its own. Note that
+Each model runs in a fresh process, so peak memory is its own, and under
+each `--onednn` setting (TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` when it
+loads); the header names the CPU, its AVX-512/AMX features and whether
+TensorFlow turns oneDNN on there by default. Note that
 keras-hub's DeepLabV3 applies its pyramid pooling to the stride-32 map of an
 undilated ResNet, which costs far fewer FLOPs than the dilated
 output-stride-16 network of the paper.
@@ -32,15 +36,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.util import _pywrap_util_port  # noqa: E402  (oneDNN state)
 
 from bench.harness import (  # noqa: E402
     MODELS,
     NUM_CLASSES,
+    ONEDNN,
     add_models_arg,
+    cpu_description,
     device_name,
     in_fresh_process,
     peak_memory_mb,
 )
+from common import distribute  # noqa: E402
 from common.losses import segmentation_loss  # noqa: E402
 
 
@@ -102,8 +110,16 @@ def median_seconds(step: Callable[[], object], repeats: int) -> float:
 PEER = "keras-hub deeplabv3+ r50"
 
 
-def measure(name: str, args: argparse.Namespace, rate: float) -> dict:
-    """Time one model (run it `in_fresh_process`: peak memory is per process)."""
+def measure(
+    name: str, args: argparse.Namespace, rate: float, mixed_precision: bool = False
+) -> dict:
+    """Time one model (run it `in_fresh_process`: peak memory is per process).
+
+    `mixed_precision` builds it under the scripts' `--mixed-precision` policy
+    (mixed_float16 on GPU, mixed_bfloat16 elsewhere); `bench/gpu_check.py`
+    compares the two.
+    """
+    distribute.set_precision(mixed_precision)
     keras.utils.set_random_seed(0)
     model = keras_hub_deeplab() if name == PEER else MODELS[name]()
     rng = np.random.default_rng(0)
@@ -151,19 +167,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--jit-compile", action="store_true", help="XLA for every model"
     )
     parser.add_argument("--no-peer", action="store_true", help="skip keras-hub's model")
+    parser.add_argument(
+        "--onednn",
+        nargs="+",
+        choices=list(ONEDNN),
+        default=["default"],
+        help="TensorFlow's oneDNN setting(s); each model is timed under each in "
+        "its own process, and `--onednn off on` adds a side-by-side table "
+        "(default: whatever TensorFlow picks for this CPU)",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    rate = matmul_rate()
-    names = [*args.models, *([] if args.no_peer else [PEER])]
-    rows = [in_fresh_process(measure, name, args, rate) for name in names]
-    peer_ms = rows[-1]["ms_step"] if not args.no_peer else None
-    print(
-        f"\n{device_name()}, float32 matmul {rate / 1e9:.0f} GFLOP/s; crop "
-        f"{args.crop_size}, batch {args.batch_size}, XLA {args.jit_compile}"
-    )
+def onednn_is_on() -> bool:
+    """Whether TensorFlow in this process runs its CPU ops through oneDNN.
+
+    TensorFlow decides when it loads: `TF_ENABLE_ONEDNN_OPTS` if set, else
+    its own rule for the CPU (on for x86 CPUs with AVX-512 VNNI, BF16 or AMX
+    instructions: most Intel servers, and AMD Zen 4).
+    """
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def print_table(rows: list[dict], heading: str, peer_ms: float | None) -> None:
+    print(heading)
     header = (
         "model",
         "params M",
@@ -183,7 +210,48 @@ def main(argv=None) -> list[dict]:
             f"{row['ms_step']:>12.0f}{row['peak_mb']:>12.0f}{row['share']:>12.0%}"
             + (f"{row['ms_step'] / peer_ms:>11.2f}x" if peer_ms else "")
         )
-    return rows
+
+
+def print_onednn_comparison(tables: dict[str, list[dict]]) -> None:
+    """Each model's step and inference under every oneDNN setting, side by side."""
+    modes = list(tables)
+    print(f"\noneDNN {' vs '.join(modes)}: ms/step (ratio to {modes[0]}), infer img/s")
+    for index, row in enumerate(tables[modes[0]]):
+        line = f"{row['model']:<26}"
+        for mode in modes:
+            other = tables[mode][index]
+            ratio = other["ms_step"] / row["ms_step"]
+            line += f"{mode:>8}{other['ms_step']:>8.0f} ms ({ratio:.2f}x)"
+            line += f"{other['infer_ips']:>7.2f}/s"
+        print(line)
+
+
+def main(argv=None) -> dict[str, list[dict]]:
+    """Every model under each `--onednn` setting; returns setting -> rows."""
+    args = parse_args(argv)
+    rate = matmul_rate()
+    names = [*args.models, *([] if args.no_peer else [PEER])]
+    tables = {
+        mode: [
+            in_fresh_process(measure, name, args, rate, env=ONEDNN[mode])
+            for name in names
+        ]
+        for mode in args.onednn
+    }
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    print(
+        f"\n{device_name()}: {cpu_description()}; oneDNN "
+        f"{'on' if onednn_is_on() else 'off'} in this process "
+        f"({f'TF_ENABLE_ONEDNN_OPTS={setting}' if setting else 'TensorFlow default'}"
+        f"); float32 matmul {rate / 1e9:.0f} GFLOP/s; crop {args.crop_size}, "
+        f"batch {args.batch_size}, XLA {args.jit_compile}"
+    )
+    for mode, rows in tables.items():
+        peer_ms = rows[-1]["ms_step"] if not args.no_peer else None
+        print_table(rows, f"\noneDNN {mode}:", peer_ms)
+    if len(tables) > 1:
+        print_onednn_comparison(tables)
+    return tables
 
 
 if __name__ == "__main__":

@@ -8,16 +8,27 @@ not in the mask: the padding is simply not scored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 
 
-def pad_image(image: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
-    """Pad a float image at the bottom/right to (height, width) with IMAGE_MEAN."""
+def pad_image(
+    image: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    pad_value: Sequence[float] = IMAGE_MEAN,
+) -> tf.Tensor:
+    """Pad a float image at the bottom/right to (height, width) with `pad_value`.
+
+    `pad_value` has one value per band: `IMAGE_MEAN` for RGB, the training
+    images' band means otherwise (`common.voc.ImageFormat.pad_value`).
+    """
     shape = tf.shape(image)
     paddings = [[0, height - shape[0]], [0, width - shape[1]], [0, 0]]
-    mean = tf.constant(IMAGE_MEAN, tf.float32)
+    mean = tf.constant(pad_value, tf.float32)
     return tf.pad(image - mean, paddings) + mean
 
 
@@ -34,16 +45,18 @@ def random_scale_crop_flip(
     crop_size: int,
     scale_range: tuple[float, float],
     seeds: tf.Tensor,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """DeepLab's training augmentation, drawn once for image and mask.
 
     1. scale both by one factor from `scale_range` (image bilinear, mask nearest);
-    2. pad up to `crop_size` (image with the mean, mask with 255);
+    2. pad up to `crop_size` (image with `pad_value`, the mean, mask with 255);
     3. crop one random `crop_size` x `crop_size` window from both;
     4. flip both left-right with probability 1/2.
 
-    image: uint8 `(H, W, 3)`, mask: uint8 `(H, W)`, seeds: int64 `(2,)` for the
-    stateless random ops. Returns float32 `(crop, crop, 3)` and uint8 `(crop, crop)`.
+    image: uint8 or float32 `(H, W, bands)` (bands = `len(pad_value)`, 3 for
+    RGB), mask: uint8 `(H, W)`, seeds: int64 `(2,)` for the stateless random
+    ops. Returns float32 `(crop, crop, bands)` and uint8 `(crop, crop)`.
     """
     scale_seed, y_seed, x_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seeds, 4)
@@ -55,7 +68,8 @@ def random_scale_crop_flip(
 
     height = tf.maximum(size[0], crop_size)
     width = tf.maximum(size[1], crop_size)
-    image, mask = pad_image(image, height, width), pad_mask(mask, height, width)
+    image = pad_image(image, height, width, pad_value)
+    mask = pad_mask(mask, height, width)
 
     top = tf.random.stateless_uniform([], y_seed, 0, height - crop_size + 1, tf.int32)
     left = tf.random.stateless_uniform([], x_seed, 0, width - crop_size + 1, tf.int32)
@@ -65,7 +79,7 @@ def random_scale_crop_flip(
     flip = tf.random.stateless_uniform([], flip_seed) < 0.5
     image = tf.cond(flip, lambda: image[:, ::-1], lambda: image)
     mask = tf.cond(flip, lambda: mask[:, ::-1], lambda: mask)
-    image = tf.ensure_shape(image, (crop_size, crop_size, 3))
+    image = tf.ensure_shape(image, (crop_size, crop_size, len(pad_value)))
     return image, tf.ensure_shape(mask, (crop_size, crop_size))
 
 
@@ -79,11 +93,13 @@ def pad_for_evaluation(
     mask: tf.Tensor,
     input_size: tuple[int, int],
     label_margin: int = 0,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Pad one example to the fixed evaluation size, keeping every original pixel.
 
     The image becomes `input_size` (mirrored outwards by `label_margin` first,
-    then mean-padded at the bottom/right); the mask becomes `input_size` minus
+    then padded with `pad_value`, the mean, at the bottom/right), with
+    `len(pad_value)` bands; the mask becomes `input_size` minus
     the margins, padded with 255, so that it lines up with a network output that
     is `2 * label_margin` smaller than its input.
     """
@@ -92,9 +108,9 @@ def pad_for_evaluation(
         margins = [[label_margin, label_margin], [label_margin, label_margin], [0, 0]]
         image = tf.pad(image, margins, mode="REFLECT")
     height, width = input_size
-    image = pad_image(image, height, width)
+    image = pad_image(image, height, width, pad_value)
     mask = pad_mask(mask, height - 2 * label_margin, width - 2 * label_margin)
-    image = tf.ensure_shape(image, (height, width, 3))
+    image = tf.ensure_shape(image, (height, width, len(pad_value)))
     return image, tf.ensure_shape(
         mask, (height - 2 * label_margin, width - 2 * label_margin)
     )

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
@@ -294,7 +295,28 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep decoded images in memory after the first epoch (VOC train: ~1 GB)",
     )
-    _add_optimisation_args(parser.add_argument_group("training"))
+    data.add_argument(
+        "--input-channels",
+        type=positive_int,
+        metavar="N",
+        help="bands of every image: 1 (grey), 3 (RGB), 4 (RGBA) or more (TIFF); "
+        "the images must have them. Images that are not 8-bit RGB are "
+        "standardised band by band with the training images' statistics "
+        "(default: the first training image's; 3 for voc, shapes, camvid)",
+    )
+    train = parser.add_argument_group("training")
+    train.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start from a model trained by any of the scripts (RUN/best.keras): "
+        "every layer whose name and weight shapes match is copied, the others "
+        "keep their initialisation, such as the classifier when the number of "
+        "classes differs. Fine-tuning a VOC model on your classes, and FCN's "
+        "staged 32s -> 16s -> 8s training, start this way. The backbone's "
+        "pretrained weights are then not loaded, and a resumed --output-dir "
+        "restores its own weights instead (default: none)",
+    )
+    _add_optimisation_args(train)
     _add_scale_args(parser.add_argument_group("speed and scale"))
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -380,7 +402,24 @@ def _add_optimisation_args(train: argparse._ArgumentGroup) -> None:
         "--seed",
         type=int,
         default=0,
-        help="seeds data order, augmentation and weights (default: %(default)s)",
+        help="seeds the initial weights, dropout, the data order and the "
+        "augmentation (Python, NumPy and TensorFlow). On CPU, two runs with one "
+        "seed on one machine give exactly the same numbers; on GPU, some kernels "
+        "(cuDNN's, atomic sums) add in a varying order, so runs can drift apart: "
+        "use --deterministic. No seed gives the same numbers on other hardware, "
+        "another TensorFlow, another --batch-size or number of devices "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic TensorFlow kernels "
+        "(tf.config.experimental.enable_op_determinism): with one --seed, runs "
+        "on one machine give exactly the same numbers, on GPU too. The cost is "
+        "speed on GPU, where slower ordered kernels replace the fastest ones (on "
+        "CPU no difference beyond noise); an op with no deterministic kernel "
+        "stops the run with an error; and the numbers differ slightly from a "
+        "run without the flag",
     )
 
 
@@ -422,7 +461,46 @@ def _add_scale_args(scale: argparse._ArgumentGroup) -> None:
 
 
 def resolve_dataset(args: argparse.Namespace) -> voc.DatasetSpec:
-    """Turn the data flags into a `DatasetSpec`, generating `shapes` if needed."""
+    """Turn the data flags into a `DatasetSpec`, generating `shapes` if needed.
+
+    A training run (its parser has --input-channels) also reads how its images
+    are stored and their band statistics (`training_image_format`).
+    """
+    dataset = dataset_from_flags(args)
+    if "input_channels" not in vars(args):
+        return dataset
+    return replace(dataset, image_format=training_image_format(args, dataset))
+
+
+def training_image_format(
+    args: argparse.Namespace, dataset: voc.DatasetSpec
+) -> voc.ImageFormat:
+    """The training images' `ImageFormat`, checked against --input-channels, printed.
+
+    voc, shapes and camvid images are RGB. A folder's images are stored as its
+    first training image (`voc.detect_image_format`, which measures each
+    band's mean and std unless they are RGB). Sets `args.input_channels` to
+    the bands, so that results.json records them.
+    """
+    if args.dataset == "folder":
+        pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
+        image_format = voc.detect_image_format(
+            [image_path for image_path, _ in pairs], args.input_channels
+        )
+    elif args.input_channels not in (None, 3):
+        raise DatasetError(
+            f"--input-channels {args.input_channels}: --dataset {args.dataset} has "
+            "RGB images (3 bands); drop the flag."
+        )
+    else:
+        image_format = voc.RGB
+    args.input_channels = image_format.bands
+    print(f"Images: {image_format.describe()}")
+    return image_format
+
+
+def dataset_from_flags(args: argparse.Namespace) -> voc.DatasetSpec:
+    """The `DatasetSpec` the data flags name; its images are taken to be RGB."""
     if args.dataset == "shapes":
         data_dir = args.data_dir or shapes.DEFAULT_DIR
         if not shapes.is_shapes_dir(data_dir) or data_dir == shapes.DEFAULT_DIR:

@@ -6,7 +6,10 @@ exported with `--no-probabilities`) `probabilities` `(B, H, W, C)` float32
 out. The padding to a multiple of 32 with the dataset mean, which
 `common.inference` does around a Keras model, happens inside the graph, so an
 app only decodes its image and calls the model. `export.json` beside the file
-records the classes, palette, input rules and the source run.
+records the classes, palette, input rules and the source run. A model
+trained on other images takes their bands, `(B, H, W, bands)`: uint8 for
+8-bit images, float32 with the stored values otherwise (`input` in
+export.json says which).
 
 `load_exported(path)` returns an `ExportedModel` that `predict.py` uses in
 place of a Keras model: calling it on float images in [0, 255] returns
@@ -73,14 +76,19 @@ def read_metadata(path: str) -> dict:
 class ExportedModel:
     """An exported segmentation model behind one small interface.
 
-    `run(images)` takes uint8 `(B, H, W, 3)` and returns the signature's
-    outputs as NumPy arrays: {"labels": (B, H, W) uint8, "probabilities":
-    (B, H, W, C) float32}. Subclasses implement `run` for one runtime.
+    `run(images)` takes uint8 `(B, H, W, 3)` (for a model of other images,
+    `(B, H, W, bands)` of `input_dtype`, both read from the file) and returns
+    the signature's outputs as NumPy arrays: {"labels": (B, H, W) uint8,
+    "probabilities": (B, H, W, C) float32}. Subclasses implement `run` for
+    one runtime and set `bands` and `input_dtype` from the file.
     """
 
     # `common.inference` pads to a multiple of this before calling the model;
     # the exported graph pads by itself, with the exact mean, so 1 (no padding).
     size_divisor = 1
+    # The input the file takes: RGB, unless a subclass reads otherwise from it.
+    bands = 3
+    input_dtype = np.dtype(np.uint8)
 
     def __init__(self, path: str):
         self.path = path
@@ -96,14 +104,17 @@ class ExportedModel:
         """Like a Keras model's: `(None, None, None, num_classes)`."""
         num_classes = self.metadata.get("num_classes")
         if num_classes is None:  # No export.json: ask the model itself.
-            probe = self.run(np.zeros((1, 32, 32, 3), np.uint8))
+            probe = self.run(np.zeros((1, 32, 32, self.bands), self.input_dtype))
             num_classes = probe.get("probabilities", np.zeros((0,))).shape[-1] or None
         return (None, None, None, num_classes)
 
     def __call__(self, images, training: bool = False) -> tf.Tensor:
-        """Log-probabilities `(B, H, W, C)` for float images in [0, 255]."""
+        """Log-probabilities `(B, H, W, C)` for float images in [0, 255]
+        (or as stored, for a float32 signature)."""
         images = np.asarray(images)
-        outputs = self.run(np.clip(np.round(images), 0, 255).astype(np.uint8))
+        if self.input_dtype == np.uint8:
+            images = np.clip(np.round(images), 0, 255)
+        outputs = self.run(images.astype(self.input_dtype))
         if "probabilities" not in outputs:
             raise InputError(
                 f"{self.path} was exported with --no-probabilities: it gives class "
@@ -118,9 +129,11 @@ class SavedModelRunner(ExportedModel):
     def __init__(self, path: str):
         super().__init__(path)
         self.signature = tf.saved_model.load(path).signatures["serving_default"]
+        spec = self.signature.structured_input_signature[1]["images"]
+        self.bands, self.input_dtype = spec.shape[-1], np.dtype(spec.dtype.name)
 
     def run(self, images):
-        outputs = self.signature(images=tf.constant(images, tf.uint8))
+        outputs = self.signature(images=tf.constant(images, self.input_dtype))
         return {name: value.numpy() for name, value in outputs.items()}
 
 
@@ -132,11 +145,18 @@ class LiteRTRunner(ExportedModel):
         litert = require("ai_edge_litert.interpreter", "Running a .tflite model")
         self.interpreter = litert.Interpreter(model_path=path, num_threads=num_threads)
         self.runner = self.interpreter.get_signature_runner("serving_default")
+        spec = self.runner.get_input_details()["images"]
+        self.bands, self.input_dtype = spec["shape"][-1], np.dtype(spec["dtype"])
 
     def run(self, images):
         # LiteRT announces its XNNPACK delegate on stderr at the first run.
         with console.quiet_stderr():
-            return dict(self.runner(images=np.ascontiguousarray(images, np.uint8)))
+            images = np.ascontiguousarray(images, self.input_dtype)
+            return dict(self.runner(images=images))
+
+
+# The input types export.py writes, as ONNX Runtime names them.
+ONNX_TYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
 
 
 class OnnxRunner(ExportedModel):
@@ -151,11 +171,15 @@ class OnnxRunner(ExportedModel):
         self.session = onnxruntime.InferenceSession(
             path, options, providers=["CPUExecutionProvider"]
         )
-        self.input_name = self.session.get_inputs()[0].name
+        signature = self.session.get_inputs()[0]
+        self.input_name = signature.name
+        self.bands = signature.shape[-1]
+        self.input_dtype = np.dtype(ONNX_TYPES[signature.type])
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, images):
-        values = self.session.run(None, {self.input_name: images.astype(np.uint8)})
+        images = images.astype(self.input_dtype)
+        values = self.session.run(None, {self.input_name: images})
         return dict(zip(self.output_names, values))
 
 

@@ -5,7 +5,8 @@ network sees each image padded at the bottom/right with the dataset mean to a
 multiple of `size_divisor`, exactly as in validation during training
 (`common.voc.make_dataset`), and the padding is cropped off the output. Both
 scripts read the training run's settings from the `results.json` beside the
-model (`common.results.read_run`).
+model (`common.results.read_run`), among them, for images that are not RGB,
+the band means to pad with (`pad_value`; `IMAGE_MEAN` for RGB).
 
 With `--tile SIZE` (`add_tile_args`, `predict_tiled`) the network sees
 overlapping SIZE x SIZE windows instead (mmsegmentation's mode="slide"), and
@@ -31,6 +32,7 @@ import tensorflow as tf
 
 from common import layers  # noqa: F401  (registers the custom layers for loading)
 from common.augment import pad_image
+from common.constants import IMAGE_MEAN
 from common.errors import InputError
 from common.voc import round_up
 
@@ -61,8 +63,9 @@ def check_same_size_output(model: keras.Model, size_divisor: int = 32) -> None:
     (its `results.json`); padding to a multiple of `size_divisor` does not fit them.
     """
     size = 8 * size_divisor
+    bands = model.input_shape[-1] or 3
     try:
-        output = model(tf.zeros((1, size, size, 3)), training=False)
+        output = model(tf.zeros((1, size, size, bands)), training=False)
     except (ValueError, tf.errors.InvalidArgumentError):
         output = None
     if output is None or tuple(output.shape[1:3]) != (size, size):
@@ -78,21 +81,31 @@ def predict_probabilities(
     image: tf.Tensor,
     size_divisor: int = 32,
     tile_settings: dict | None = None,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ) -> tf.Tensor:
     """Softmax `(H, W, C)` for one float32 `(H, W, 3)` image in [0, 255].
 
     The whole image at once, or, given `tile_settings` (`predict_tiled`'s
     keyword arguments, from `tile_settings(args, ...)`), window by window.
+    Images that are not RGB have `(H, W, bands)` and pad with their band
+    means (`pad_value`, the run's `ImageFormat.pad_value`).
     """
     if tile_settings is not None:
         return tf.constant(
-            predict_tiled(model, image, size_divisor=size_divisor, **tile_settings)
+            predict_tiled(
+                model,
+                image,
+                size_divisor=size_divisor,
+                pad_value=pad_value,
+                **tile_settings,
+            )
         )
     height, width = int(image.shape[0]), int(image.shape[1])
     padded = pad_image(
         tf.cast(image, tf.float32),
         round_up(height, size_divisor),
         round_up(width, size_divisor),
+        pad_value,
     )
     logits = model(padded[None], training=False)[0, :height, :width]
     return tf.nn.softmax(tf.cast(logits, tf.float32))
@@ -105,6 +118,7 @@ def predict_multiscale(
     flip: bool = False,
     size_divisor: int = 32,
     tile_settings: dict | None = None,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ) -> tf.Tensor:
     """Average softmax over rescaled (and mirrored) copies of `image`.
 
@@ -113,6 +127,7 @@ def predict_multiscale(
     labels are never resized. With `scales=(1.0,)` and no flip it is plain
     `predict_probabilities`. With `tile_settings`, each copy is predicted in
     windows (as mmsegmentation's slide mode under its test-time augmentation).
+    `pad_value`: one value per band, see `predict_probabilities`.
     """
     image = tf.cast(image, tf.float32)
     size = tf.shape(image)[:2]
@@ -123,7 +138,7 @@ def predict_multiscale(
         views = [(scaled, False)] + ([(scaled[:, ::-1], True)] if flip else [])
         for view, mirrored in views:
             probabilities = predict_probabilities(
-                model, view, size_divisor, tile_settings
+                model, view, size_divisor, tile_settings, pad_value
             )
             if mirrored:
                 probabilities = probabilities[:, ::-1]
@@ -307,6 +322,7 @@ def tiled_probability_bands(
     tile_blend: str = "gaussian",
     tile_batch_size: int = 4,
     size_divisor: int = 32,
+    pad_value: Sequence[float] = IMAGE_MEAN,
 ) -> Iterator[np.ndarray]:
     """Yield the blended softmax of `image`, float32 `(rows, W, C)`, band by band.
 
@@ -316,8 +332,9 @@ def tiled_probability_bands(
     row, and the rows above the next row of windows are final: they are
     yielded and dropped. So the sums kept are one window tall, float32
     `(tile, W, C)`, whatever the image's height. A side shorter than `tile`
-    is padded with the mean to a multiple of `size_divisor`, as without tiles.
-    The bands, stacked, are `(H, W, C)`.
+    is padded with the mean (`pad_value`, one value per image channel) to
+    a multiple of `size_divisor`, as without tiles. The bands, stacked, are
+    `(H, W, C)`.
     """
     image = np.asarray(image)
     height, width = image.shape[:2]
@@ -326,7 +343,7 @@ def tiled_probability_bands(
         for length in (height, width)
     ]
     if padded != [height, width]:
-        image = pad_image(tf.cast(image, tf.float32), *padded).numpy()
+        image = pad_image(tf.cast(image, tf.float32), *padded, pad_value).numpy()
     tile_height, tile_width = min(tile, padded[0]), min(tile, padded[1])
     weights = tile_weights(tile_height, tile_width, tile_blend)
     tops = tile_starts(padded[0], tile_height, tile_overlap)
@@ -344,7 +361,7 @@ def tiled_probability_bands(
                 image[top : top + tile_height, left : left + tile_width]
                 for top, left in batch
             ]
-        ).astype(np.float32)  # (B, tile, tile, 3)
+        ).astype(np.float32)  # (B, tile, tile, channels)
         logits = tf.cast(model(tiles), tf.float32)  # (B, tile, tile, C)
         probabilities = tf.nn.softmax(logits).numpy()
         if sums is None:

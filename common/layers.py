@@ -18,13 +18,83 @@ from keras import layers, ops
 BN_MOMENTUM = 0.9
 
 
-# On CPU, AtrousConv2D switches to shifted copies when the space-to-batch
-# sub-images would be narrower than this many pixels (measured: see its docstring).
-MIN_SUBIMAGE_SIDE = 4
+# On CPU, AtrousConv2D switches to the matrix product when the space-to-batch
+# sub-images would be narrower than this many pixels (measured with oneDNN off
+# and on: `bench/conv_paths.py`, and AtrousConv2D's docstring).
+MIN_SUBIMAGE_SIDE = 6
+
+
+def shifted_copies_product(inputs, kernel, dilation_rate=(1, 1)):
+    """A stride-1 `same` convolution, computed as one matrix product (im2col).
+
+    Output pixel (y, x) is the sum over kernel taps (i, j) of input pixel
+    (y + r*(i - k//2), x + r*(j - k//2)) times kernel[i, j]: so the k*k
+    shifted copies of the zero-padded input, side by side along the channels,
+    times the kernel reshaped to (k*k*channels, filters) give every output at
+    once. inputs `(batch, h, w, c)`, kernel `(k_h, k_w, c, filters)` with odd
+    k; works for unknown h and w.
+    """
+    size_h, size_w, channels, filters = kernel.shape
+    rate_h, rate_w = dilation_rate
+    pad_h, pad_w = rate_h * (size_h // 2), rate_w * (size_w // 2)
+    height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
+    padded = ops.pad(inputs, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
+    shifted = [
+        padded[:, i * rate_h : i * rate_h + height, j * rate_w : j * rate_w + width]
+        for i in range(size_h)
+        for j in range(size_w)
+    ]  # k*k tensors (batch, h, w, c), in the kernel's (row, column) order
+    columns = ops.concatenate(shifted, axis=-1)  # (batch, h, w, k*k*c)
+    product = ops.matmul(
+        ops.reshape(columns, (-1, size_h * size_w * channels)),
+        ops.reshape(kernel, (-1, filters)),
+    )  # (batch * h * w, filters)
+    return ops.reshape(product, (-1, height, width, filters))
 
 
 @keras.saving.register_keras_serializable(package="segmentation")
-class AtrousConv2D(layers.Conv2D):
+class MatmulConv2D(layers.Conv2D):
+    """`Conv2D` run on a CPU as one matrix product: same weights, config and result.
+
+    FCN's fc6 is VGG-16's fc1 as a 7x7 convolution from 512 to 4096 channels
+    (FCN, Sec. 3.1), applied to the stride-32 map, which is tiny: 4x4 for a
+    128-pixel crop, 10x10 for 320. TensorFlow's CPU convolution kernels run
+    this shape far below the machine's speed: with oneDNN off (TensorFlow's
+    default on AMD) the two gradient kernels took 5.3 s and 5.1 s of FCN-8s'
+    training step (batch 4, crop 128, 2-core AMD EPYC), and with oneDNN on
+    (its default on Intel) the forward pass alone 870 ms, 3.8x the 230 ms
+    without. The same sum as one large matrix product
+    (`shifted_copies_product`) runs near the matmul speed of either library:
+    see `bench/conv_paths.py` for the measurements that set this rule. On a
+    GPU, cuDNN runs the convolution itself.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if not self._product_is_faster(inputs):
+            return super().convolution_op(inputs, kernel)
+        return shifted_copies_product(inputs, kernel, self.dilation_rate)
+
+    def _product_is_faster(self, inputs) -> bool:
+        return self._product_applies() and not _has_accelerator()
+
+    def _product_applies(self) -> bool:
+        return (
+            self.padding == "same"
+            and self.strides == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+            and all(size % 2 for size in self.kernel_size)
+        )
+
+
+def _has_accelerator() -> bool:
+    return bool(
+        tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
+    )
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class AtrousConv2D(MatmulConv2D):
     """`Conv2D` with holes (DeepLab v1, Sec. 3.1): same weights, config and result.
 
     A 3x3 kernel with dilation rate r reads the input at offsets -r, 0, +r. On
@@ -36,42 +106,19 @@ class AtrousConv2D(layers.Conv2D):
     rates 12 and 18 on a 16x16 or 32x32 map (v3, Sec. 3.3), the gradient
     kernels drown in per-image overhead: one rate-18 ASPP branch on a 32x32
     map took 7.2 s forward and backward for a batch of 2 on 2 cores. In that
-    case this layer computes the same sum as one matrix product instead: the
-    k*k shifted copies of the zero-padded input, side by side along the
-    channels, times the kernel reshaped to (k*k*channels, filters): 1.4 s.
-    Where sub-images keep `MIN_SUBIMAGE_SIDE` pixels or more, space-to-batch
-    is faster and is kept.
+    case this layer computes the same sum as one matrix product instead
+    (`shifted_copies_product`): 1.4 s. Where sub-images keep
+    `MIN_SUBIMAGE_SIDE` pixels or more, space-to-batch is faster and is kept.
     """
 
-    def convolution_op(self, inputs, kernel):
-        if not self._shifted_copies_are_faster(inputs):
-            return super().convolution_op(inputs, kernel)
-        (rate_h, rate_w), (size_h, size_w) = self.dilation_rate, self.kernel_size
-        pad_h, pad_w = rate_h * (size_h // 2), rate_w * (size_w // 2)
-        height, width = inputs.shape[1], inputs.shape[2]
-        padded = ops.pad(inputs, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)))
-        shifted = [
-            padded[:, i * rate_h : i * rate_h + height, j * rate_w : j * rate_w + width]
-            for i in range(size_h)
-            for j in range(size_w)
-        ]  # k*k tensors (batch, h, w, c), in the kernel's (row, column) order
-        columns = ops.concatenate(shifted, axis=-1)  # (batch, h, w, k*k*c)
-        return ops.conv(columns, ops.reshape(kernel, (1, 1, -1, self.filters)))
-
-    def _shifted_copies_are_faster(self, inputs) -> bool:
+    def _product_is_faster(self, inputs) -> bool:
         sides = inputs.shape[1:3]
         return (
             max(self.dilation_rate) > 1
             and None not in sides
             and min(side / rate for side, rate in zip(sides, self.dilation_rate))
             < MIN_SUBIMAGE_SIDE
-            and self.padding == "same"
-            and self.strides == (1, 1)
-            and self.groups == 1
-            and self.data_format == "channels_last"
-            and all(size % 2 for size in self.kernel_size)
-            and not tf.config.list_logical_devices("GPU")
-            and not tf.config.list_logical_devices("TPU")
+            and super()._product_is_faster(inputs)
         )
 
 
@@ -526,3 +573,60 @@ class ResizeLike(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "interpolation": self.interpolation}
+
+
+@keras.saving.register_keras_serializable(package="segmentation")
+class BandNormalization(layers.Layer):
+    """Standardise each band of an image: `(images - mean) / std`, band by band.
+
+    For images that are not 8-bit RGB (greyscale, 16-bit, RGBA, multi-band
+    TIFF: `common.voc.ImageFormat`), in place of a model's own RGB
+    normalisation. `mean` and `std` hold one value per band, measured on the
+    training images (`common.voc.band_statistics`); they are stored in the
+    config as short lists. Doing it inside the model means `model.predict`
+    on a raw image sees what training saw, and padding with `mean` (what the
+    pipeline does) gives zeros. Runs in float32 whatever the precision
+    policy: 16-bit values (up to 65535) overflow float16, whose largest is
+    65504.
+
+    Example: mean (1000.0,), std (250.0,) maps a grey value of 1500 to 2.0.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.mean = tuple(float(value) for value in mean)
+        self.std = tuple(float(value) for value in std)
+        if len(self.mean) != len(self.std) or min(self.std, default=1) <= 0:
+            raise ValueError(
+                f"mean {self.mean} and std {self.std} need one value per band, std > 0."
+            )
+
+    def call(self, images):
+        images = ops.cast(images, self.compute_dtype)
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
+        return (images - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
+
+
+def normalize_images(
+    images,
+    rgb_normalization: layers.Layer,
+    band_mean=None,
+    band_std=None,
+):
+    """A network's first step: its own RGB normalisation, or per-band standardisation.
+
+    `rgb_normalization` is the layer the network's recipe uses for 8-bit RGB
+    in [0, 255] (`CaffeNormalization` for VGG-16 and ResNet-50, `Rescaling`
+    to [-1, 1] for U-Net and MobileNetV2); it is applied when `band_mean` is
+    None. Given `band_mean` and `band_std` (other images, see
+    `BandNormalization`), a `BandNormalization` named "band_normalization"
+    takes its place and the RGB layer is left out of the model.
+    """
+    if band_mean is None:
+        return rgb_normalization(images)
+    return BandNormalization(band_mean, band_std, name="band_normalization")(images)

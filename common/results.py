@@ -101,6 +101,7 @@ def run_results(
             "mask_values": dataset.mask_values,
             "train_split": args.train_split,
             "val_split": args.val_split,
+            **image_format_entry(dataset.image_format),
         },
         "argv": args.argv,
         "settings": _json_values(
@@ -114,6 +115,41 @@ def run_results(
             "batch_norm": batch_norm_summary(model),
         },
     }
+
+
+def image_format_entry(image_format: voc.ImageFormat) -> dict:
+    """How the images are stored, and the band statistics the model standardises
+    with (None for RGB): what `run_image_format` reads back."""
+    return {
+        "bands": image_format.bands,
+        "dtype": image_format.dtype,
+        "tiff": image_format.tiff,
+        "band_mean": _listed(image_format.band_mean),
+        "band_std": _listed(image_format.band_std),
+    }
+
+
+def _listed(values: Sequence[float] | None) -> list[float] | None:
+    return None if values is None else list(values)
+
+
+def run_image_format(run: dict | None) -> voc.ImageFormat:
+    """The `ImageFormat` a run (its results.json, from `read_run`) trained on.
+
+    Runs saved before results.json held it, and models from elsewhere (no
+    run), trained on RGB. Tools that only predict pad with its `pad_value`
+    and read images with it; the model itself standardises the bands.
+    """
+    entry = (run or {}).get("dataset") or {}
+    if "bands" not in entry:
+        return voc.RGB
+    return voc.ImageFormat(
+        bands=entry["bands"],
+        dtype=entry["dtype"],
+        tiff=entry.get("tiff", False),
+        band_mean=None if entry["band_mean"] is None else tuple(entry["band_mean"]),
+        band_std=None if entry["band_std"] is None else tuple(entry["band_std"]),
+    )
 
 
 def batch_norm_summary(model: keras.Model) -> dict:
@@ -220,9 +256,10 @@ def predict_examples(
     `dataset` yields padded batches `(images, masks)` or `(images, masks,
     weights)` as `voc.make_dataset(..., training=False)` makes them; `sizes`
     are the images' own sizes (`voc.image_sizes`). Yields, cropped back to
-    those sizes, each image (uint8 `(h, w, 3)`), its mask (`(h, w)`, void 255)
-    and its logits (float32 `(h, w, C)`). Only one batch's logits are held at
-    a time: on VOC they are 21 floats a pixel.
+    those sizes, each image (uint8 `(h, w, 3)`, as `voc.display_rgb` shows
+    images that are not RGB), its mask (`(h, w)`, void 255) and its logits
+    (float32 `(h, w, C)`). Only one batch's logits are held at a time: on VOC
+    they are 21 floats a pixel.
     """
     done = 0
     for batch in dataset:
@@ -234,8 +271,9 @@ def predict_examples(
         logits = np.asarray(model.predict_on_batch(batch_images))
         batch_sizes = sizes[done:][: len(batch_images)]
         margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
+        images = voc.remove_padding(batch_images, batch_sizes, margin)
         yield from zip(
-            voc.remove_padding(batch_images.astype(np.uint8), batch_sizes, margin),
+            [voc.display_rgb(image) for image in images],
             voc.remove_padding(batch_masks, batch_sizes),
             voc.remove_padding(logits, batch_sizes),
         )

@@ -8,6 +8,7 @@ A script reads, in order (see `unet_train.main`):
     train_ds, val_ds, steps = training.make_datasets(args, dataset, rule)
     with strategy.scope():
         model = build_unet(dataset.num_classes)
+        training.init_from(model, args)            # --init-from: trained weights
         iou = ConfusionMatrix(dataset.num_classes)
         model.compile(optimizer=training.make_optimizer(args, total_steps),
                       loss=segmentation_loss(), metrics=[iou])
@@ -37,8 +38,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import console, distribute, layers, multiworker, results, voc
+from common import cli, console, distribute, layers, multiworker, results, voc
+from common.backbones import copy_weights_by_name
 from common.errors import DatasetError, InputError, TrainingInterrupted
+from common.inference import load_model
 from common.losses import median_frequency_weights
 from common.metrics import ConfusionMatrix, IoUReport, iou_table
 
@@ -56,7 +59,9 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
     linear scaling rule), and chooses `args.output_dir`, which `resumable`
     creates once the data and the model are built (so a run that fails its
     checks leaves no folder behind). `args.chief` is False on the workers of a
-    multi-worker run that write no outputs.
+    multi-worker run that write no outputs. `--deterministic` turns on
+    TensorFlow's op determinism for the rest of the process. A missing
+    `--init-from` file stops the run here, before any work.
     """
     strategy = distribute.make_strategy(args.strategy)
     if distribute.is_multi_worker(strategy):
@@ -67,6 +72,8 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
             )
         args.sync_bn = True  # Else BN's moving statistics drift apart per worker.
     keras.utils.set_random_seed(args.seed)
+    if args.deterministic:  # Deterministic kernels: same seed, same numbers.
+        tf.config.experimental.enable_op_determinism()
     policy = distribute.set_precision(args.mixed_precision)
     replicas = strategy.num_replicas_in_sync
     args.global_batch_size = args.batch_size * replicas
@@ -80,9 +87,14 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
             f"--output-dir {args.output_dir}: this is a file; give the folder of a "
             "run to resume, or a new folder."
         )
+    if args.init_from and not resumes(args.output_dir):
+        cli.check_path(
+            args.init_from, "--init-from", "file", "a .keras model written by training"
+        )
     print(
         f"{describe_devices(strategy)} · global batch {args.global_batch_size} · "
         f"learning rate {args.learning_rate:g} · {policy}"
+        + (" · deterministic ops" if args.deterministic else "")
     )
     return strategy
 
@@ -123,6 +135,7 @@ def make_datasets(
         num_classes=dataset.num_classes,
         ignore_index=dataset.ignore_index,
         mask_values=dataset.mask_values,
+        image_format=dataset.image_format,  # Bands and band statistics (cli).
         input_size_rule=input_size_rule,
         label_margin=label_margin,
         cache=args.cache,
@@ -173,7 +186,11 @@ def median_frequency_class_weights(
     hundred images, about a minute for VOC train.
     """
     class_pixels, present_pixels = voc.class_pixel_counts(
-        train_pairs, dataset.num_classes, dataset.ignore_index, dataset.mask_values
+        train_pairs,
+        dataset.num_classes,
+        dataset.ignore_index,
+        dataset.mask_values,
+        dataset.image_format,
     )
     weights = median_frequency_weights(class_pixels, present_pixels)
     total = max(int(class_pixels.sum()), 1)
@@ -182,6 +199,65 @@ def median_frequency_class_weights(
     for name, pixels, weight in zip(dataset.class_names, class_pixels, weights):
         print(f"  {name:<16}{pixels / total:8.2%}{weight:9.3f}")
     return [float(weight) for weight in weights]
+
+
+# --------------------------------------------------------------------------
+# Starting weights: --init-from
+# --------------------------------------------------------------------------
+
+
+def resumes(output_dir: str) -> bool:
+    """Whether `output_dir` holds an unfinished run, which `fit` resumes.
+
+    `BackupAndRestore` (see `make_callbacks`) keeps `backup/` until the run
+    finishes and restores the weights, the optimizer and the epoch from it.
+    """
+    return os.path.isdir(os.path.join(output_dir, "backup"))
+
+
+def backbone_weights(args: argparse.Namespace) -> str | None:
+    """--backbone-weights, or None with --init-from: no download to overwrite."""
+    return None if args.init_from else args.backbone_weights
+
+
+def init_from(model: keras.Model, args: argparse.Namespace) -> list[str]:
+    """Copy a trained model's weights (--init-from) into `model`, layer by name.
+
+    Call it inside the strategy scope, after building and before compiling.
+    Every layer of `model` whose namesake in the file holds variables of the
+    same shapes is copied (`copy_weights_by_name`); the others keep their
+    initialisation: the classifier when the number of classes differs (a
+    VOC model fine-tuned on your classes), or FCN-16s's new pool4 scores
+    when it starts from FCN-32s. Prints how many layers were copied and names
+    the ones that were not. A file none of whose layers fits is an
+    `InputError`. A resumed run copies nothing: `fit` restores its own
+    weights from the backup. Returns the names of the copied layers.
+    """
+    if not args.init_from:
+        return []
+    if resumes(args.output_dir):
+        print(f"Resuming: --init-from {args.init_from} is not applied again.")
+        return []
+    source = load_model(args.init_from)
+    copied = copy_weights_by_name(source, model)
+    if not copied:
+        raise InputError(
+            f"--init-from {args.init_from}: no layer of this {source.name} model "
+            f"has the name and weight shapes of a layer of {model.name}; give a "
+            "model of the same architecture."
+        )
+    targets = [layer.name for layer in model.layers if layer.weights]
+    source_names = {layer.name for layer in source.layers if layer.weights}
+    kept = [
+        f"{name} ({'other shapes' if name in source_names else 'new'})"
+        for name in targets
+        if name not in copied
+    ]
+    print(
+        f"Initialised {len(copied)} of {len(targets)} layers with weights from "
+        f"{args.init_from} ({source.name}); not copied: {', '.join(kept) or 'none'}"
+    )
+    return copied
 
 
 # --------------------------------------------------------------------------

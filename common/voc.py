@@ -11,6 +11,13 @@ Images leave the pipeline as float32 RGB in **[0, 255]**; every model of this
 project normalises inside the model (its first layers), so `model.predict` on a
 raw image sees exactly what training saw.
 
+Images that are not 8-bit RGB (greyscale, 16-bit, RGBA, multi-band TIFF) keep
+their own bands and values: an `ImageFormat` says how a dataset's images are
+stored (read from the first training image; every other image must match it),
+and holds each band's mean and standard deviation over the training images,
+with which the model standardises its input (`common.layers.BandNormalization`)
+and the pipeline pads (`ImageFormat.pad_value`).
+
 Black-and-white masks (0 = one class, 255 = the other: medical, document and
 the U-Net paper's ISBI membrane data) are read with `mask_values="binary"`
 (`--mask-values binary`). By default 255 means void, so such a mask would be
@@ -24,15 +31,17 @@ checks a whole dataset (`verify` below) and prints the class pixel frequencies.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
+import tifffile
 from PIL import Image
 
 from common import augment
-from common.constants import IGNORE_LABEL
+from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
 
 VOC_CLASSES = (
@@ -76,7 +85,8 @@ CAMVID_CLASSES = (
 CAMVID_VOID = 11
 VOC_DIR = os.path.join("data", "VOCdevkit", "VOC2012")
 CAMVID_DIR = os.path.join("data", "CamVid")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", *TIFF_EXTENSIONS)
 # How a single-channel mask's grey values map to classes: "index" (the value is
 # the class), "binary" (0 -> class 0, 255 -> class 1). None = index, after
 # `check_mask_values` has made sure the masks are not black-and-white.
@@ -120,6 +130,68 @@ VOC_COLORMAP = tuple(tuple(int(c) for c in rgb) for rgb in voc_colormap(21))
 VOID_COLOR = tuple(int(c) for c in voc_colormap()[IGNORE_LABEL])
 
 
+# Bit depths by the name of a band's storage type, for messages.
+BIT_DEPTHS = {"uint8": "8-bit", "uint16": "16-bit"}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a dataset's images are stored, and each band's statistics.
+
+    `bands` per pixel (1 grey, 3 RGB, 4 RGBA, any number in a TIFF) and the
+    NumPy `dtype` of one stored band ("uint8", "uint16", "float32", ...);
+    `tiff`: the files are TIFFs, read with tifffile, else images TensorFlow
+    decodes (PNG, JPEG, BMP). Three bands of uint8 are RGB (`is_rgb`): each
+    model normalises them its own way (Caffe's BGR mean for VGG, [-1, 1] for
+    U-Net) and they are padded with `IMAGE_MEAN`, as ever. Any other format
+    is standardised band by band inside the model with `band_mean` and
+    `band_std` (`common.layers.BandNormalization`), measured on the training
+    images (`band_statistics`), and padded with `band_mean`, which
+    standardises to 0.
+    """
+
+    bands: int = 3
+    dtype: str = "uint8"
+    tiff: bool = False
+    band_mean: tuple[float, ...] | None = None
+    band_std: tuple[float, ...] | None = None
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.bands == 3 and self.dtype == "uint8"
+
+    @property
+    def pad_value(self) -> tuple[float, ...]:
+        """One value per band: the "average" pixel that padding adds."""
+        if self.is_rgb:
+            return IMAGE_MEAN
+        if self.band_mean is None:
+            raise ValueError(f"{self.storage()} images need band statistics to pad.")
+        return self.band_mean
+
+    def storage(self) -> str:
+        """E.g. "3 bands, 8-bit", "1 band, 16-bit", "5 bands, float32, TIFF"."""
+        text = f"{self.bands} band{'' if self.bands == 1 else 's'}, "
+        text += BIT_DEPTHS.get(self.dtype, self.dtype)
+        return text + (", TIFF" if self.tiff else "")
+
+    def describe(self) -> str:
+        """What a training run prints about its images and their normalisation."""
+        if self.is_rgb:
+            return f"{self.storage()} (RGB): each model normalises them its own way"
+        if self.band_mean is None:
+            return self.storage()
+        mean = ", ".join(f"{value:.6g}" for value in self.band_mean)
+        std = ", ".join(f"{value:.6g}" for value in self.band_std)
+        return (
+            f"{self.storage()}; per-band mean {mean}, std {std} (training images): "
+            "standardised band by band inside the model"
+        )
+
+
+RGB = ImageFormat()
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """What a training script needs to know about a dataset besides its files."""
@@ -129,6 +201,7 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     ignore_index: int = IGNORE_LABEL
     mask_values: str | None = None  # "index", "binary" or None: see MASK_VALUES.
+    image_format: ImageFormat = RGB
 
     @property
     def num_classes(self) -> int:
@@ -272,23 +345,98 @@ def _check_labels(
         return tf.identity(mask)
 
 
+def read_tiff(path: str | bytes, bands: int | None = None) -> np.ndarray:
+    """A TIFF's pixels, `(H, W, bands)` in the file's own dtype, with tifffile.
+
+    Bands come last whether the file stores them per pixel (axes YXS) or as
+    planes or pages (SYX, QYX); one plane is one band. A file tifffile cannot
+    read, or with other than `bands` bands, is a `ValueError` naming it.
+    """
+    path = np.asarray(path).item()  # tf.numpy_function passes a 0-d array.
+    path = path.decode() if isinstance(path, bytes) else path
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            series = tiff.series[0]
+            array, axes = series.asarray(), series.axes
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+        raise ValueError(f"Cannot read {path!r} as a TIFF ({error}).") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    elif array.ndim == 3 and axes[1:] == "YX":  # Planes first: move them last.
+        array = np.moveaxis(array, 0, -1)
+    elif array.ndim != 3 or axes[:2] != "YX":
+        raise ValueError(
+            f"{path!r} holds a {axes} array of shape {array.shape}; expected one "
+            "image of height x width x bands."
+        )
+    if bands is not None and array.shape[-1] != bands:
+        raise ValueError(
+            f"Image {path!r} has {array.shape[-1]} bands but the other images of "
+            f"this dataset have {bands}."
+        )
+    return array
+
+
+def load_image(
+    image_path: tf.Tensor | str, image_format: ImageFormat = RGB
+) -> tf.Tensor:
+    """Read one image: uint8 `(H, W, 3)` for RGB, else float32 `(H, W, bands)`.
+
+    RGB is read as ever: any file TensorFlow decodes, as three bands (a grey
+    JPEG too). Other formats keep their values (0..65535 for 16-bit PNGs) and
+    bands; a file with other bands than `image_format` is an error naming it.
+    Graph-compatible, so it runs inside `Dataset.map`; TIFFs go through
+    tifffile in `tf.numpy_function`.
+    """
+    dtype = tf.uint8 if image_format.is_rgb else tf.float32
+    if image_format.tiff:
+        image = tf.numpy_function(
+            lambda path: read_tiff(path, image_format.bands).astype(
+                dtype.as_numpy_dtype
+            ),
+            [image_path],
+            dtype,
+            stateful=False,
+        )
+        return tf.ensure_shape(image, (None, None, image_format.bands))
+    data = tf.io.read_file(image_path)
+    if image_format.is_rgb:
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+    stored = tf.uint16 if image_format.dtype == "uint16" else tf.uint8
+    image = tf.io.decode_png(data, channels=0, dtype=stored)
+    bands = tf.shape(image)[-1]
+    check = tf.debugging.Assert(
+        tf.equal(bands, image_format.bands),
+        [
+            "Image",
+            image_path,
+            "has",
+            bands,
+            f"bands but the other images of this dataset have {image_format.bands}.",
+        ],
+    )
+    with tf.control_dependencies([check]):
+        image = tf.cast(image, dtype)
+    return tf.ensure_shape(image, (None, None, image_format.bands))
+
+
 def load_pair(
     image_path: tf.Tensor,
     mask_path: tf.Tensor,
     num_classes: int,
     ignore_index: int = IGNORE_LABEL,
     mask_values: str | None = None,
+    image_format: ImageFormat = RGB,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Read one example: image `(H, W, 3)` uint8 RGB, mask `(H, W)` uint8 indices.
 
     `ignore_index` is the dataset's own void value (CamVid uses 11); it is
     remapped to `IGNORE_LABEL` (255) so that the rest of the project only ever
     sees 255. `mask_values="binary"` reads black-and-white masks
-    (`decode_binary_mask`); otherwise grey values are class indices.
+    (`decode_binary_mask`); otherwise grey values are class indices. Images
+    that are not RGB are float32 `(H, W, bands)` (`load_image`).
     """
-    image = tf.io.decode_image(
-        tf.io.read_file(image_path), channels=3, expand_animations=False
-    )
+    image = load_image(image_path, image_format)
     mask_bytes = tf.io.read_file(mask_path)
     if mask_values == "binary":
         mask = decode_binary_mask(mask_bytes, mask_path, ignore_index)
@@ -418,15 +566,82 @@ def _header_size(path: str) -> tuple[int, int]:
         ) from None
 
 
-def image_sizes(pairs: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Bands TensorFlow decodes from each PNG colour type (byte 25 of the file):
+# grey, RGB, palette (as RGB), grey + alpha, RGBA.
+PNG_BANDS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+
+
+def image_header(path: str) -> tuple[tuple[int, int], ImageFormat]:
+    """`(width, height)` and the `ImageFormat` (no statistics) of one image file.
+
+    Read from the header only: a PNG's IHDR (colour type and bit depth), a
+    TIFF's tags (tifffile), and for JPEG, BMP and GIF, which TensorFlow
+    decodes to three 8-bit bands, PIL's size. An unreadable file is named.
+    """
+    if path.lower().endswith(TIFF_EXTENSIONS):
+        try:
+            with tifffile.TiffFile(path) as tiff:
+                series = tiff.series[0]
+                shape, axes, dtype = series.shape, series.axes, series.dtype
+            height, width = shape[axes.index("Y")], shape[axes.index("X")]
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+            raise DatasetError(
+                f"Cannot read {path!r} as a TIFF ({error}). {VERIFY_HINT}"
+            ) from None
+        bands = int(np.prod(shape)) // (height * width)  # The planes that are not Y, X.
+        return (width, height), ImageFormat(bands, dtype.name, tiff=True)
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" and head[25] in PNG_BANDS:
+        width, height = struct.unpack(">II", head[16:24])
+        dtype = "uint16" if head[24] == 16 else "uint8"
+        return (width, height), ImageFormat(PNG_BANDS[head[25]], dtype)
+    return _header_size(path), RGB
+
+
+def checked_image_size(image_path: str, image_format: ImageFormat) -> tuple[int, int]:
+    """`(width, height)` of an image that must be stored as `image_format` says.
+
+    RGB takes, as ever, every image TensorFlow decodes (a grey PNG becomes
+    grey RGB); other formats need the training images' bands, bit depth and
+    file kind (TIFF or not) exactly. Else a `DatasetError` names the file.
+    """
+    size, stored = image_header(image_path)
+    if image_format.is_rgb and not image_format.tiff:
+        fits = not stored.tiff  # Decoded to three 8-bit bands.
+    else:
+        fits = (stored.bands, stored.dtype, stored.tiff) == (
+            image_format.bands,
+            image_format.dtype,
+            image_format.tiff,
+        )
+    if not fits:
+        raise DatasetError(
+            f"Image {image_path!r} has {stored.storage()} but the training images "
+            f"have {image_format.storage()}: every image of a dataset needs the same "
+            "bands and bit depth. Convert it, or move it out of the split."
+        )
+    return size
+
+
+def image_sizes(
+    pairs: Sequence[tuple[str, str]], image_format: ImageFormat | None = None
+) -> list[tuple[int, int]]:
     """Read `(height, width)` of every pair from the file headers, checking both agree.
 
     PIL reads only the header, so this costs about a millisecond a file and
     catches unreadable files and size mismatches before TensorFlow runs.
+    Given `image_format`, every image must fit it (`checked_image_size`), or
+    the first that does not is named.
     """
     sizes = []
     for image_path, mask_path in pairs:
-        image_size, mask_size = _header_size(image_path), _header_size(mask_path)
+        if image_format is None:
+            image_size, _ = image_header(image_path)
+        else:
+            image_size = checked_image_size(image_path, image_format)
+        mask_size = _header_size(mask_path)
         if image_size != mask_size:
             raise DatasetError(
                 f"Mask {mask_path!r} is {mask_size[0]}x{mask_size[1]} but image "
@@ -501,6 +716,78 @@ def _grey_values(mask_path: str) -> np.ndarray | None:
 # --------------------------------------------------------------------------
 
 
+# Training images whose pixels give each band's mean and standard deviation:
+# evenly spaced over the split, so a sorted folder's first scenes do not decide.
+STATISTICS_IMAGES = 200
+
+
+def statistics_sample(image_paths: Sequence[str]) -> list[str]:
+    """Up to `STATISTICS_IMAGES` of `image_paths`, evenly spaced, first and last in."""
+    count = min(len(image_paths), STATISTICS_IMAGES)
+    indices = np.linspace(0, len(image_paths) - 1, count).round().astype(int)
+    return [image_paths[index] for index in indices]
+
+
+def band_statistics(
+    image_paths: Sequence[str], image_format: ImageFormat
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Each band's mean and standard deviation over the pixels of `image_paths`.
+
+    Decodes every image as the pipeline does (`load_image`). Sums are float64
+    and taken around the first image's mean, so that a 16-bit band with a
+    small spread does not cancel out. A constant band (an opaque alpha band)
+    gets std 1: standardising it just subtracts its mean.
+    """
+    shift, count = None, 0
+    sums = squares = np.zeros(image_format.bands)
+    for path in image_paths:
+        try:
+            image = load_image(path, image_format).numpy()
+        except tf.errors.InvalidArgumentError as error:
+            raise DatasetError(f"{path}: {tf_error_message(error)}") from None
+        except ValueError as error:  # From read_tiff, which names the file.
+            raise DatasetError(str(error)) from None
+        pixels = image.reshape(-1, image_format.bands).astype(np.float64)
+        if shift is None:
+            shift = pixels.mean(axis=0)
+        pixels -= shift
+        sums = sums + pixels.sum(axis=0)
+        squares = squares + np.square(pixels).sum(axis=0)
+        count += len(pixels)
+    mean = sums / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0))
+    mean += shift
+    std = np.where(std > 1e-6 * np.maximum(np.abs(mean), 1), std, 1.0)
+    return tuple(float(value) for value in mean), tuple(float(value) for value in std)
+
+
+def detect_image_format(
+    image_paths: Sequence[str], input_channels: int | None = None
+) -> ImageFormat:
+    """The training images' format, from the first of them, with band statistics.
+
+    `input_channels` (--input-channels), if given, must be the first image's
+    band count. Unless the images are RGB, each band's mean and standard
+    deviation over `statistics_sample(image_paths)` are measured; those
+    images' headers are checked first, so that one stored otherwise is named.
+    """
+    first = image_paths[0]
+    _, image_format = image_header(first)
+    if input_channels is not None and input_channels != image_format.bands:
+        raise DatasetError(
+            f"--input-channels {input_channels}, but the training images have "
+            f"{image_format.storage()} ({first!r}): drop --input-channels to train "
+            f"on the bands the images hold, or convert the images."
+        )
+    if image_format.is_rgb:
+        return image_format
+    sample = statistics_sample(image_paths)
+    for path in sample:
+        checked_image_size(path, image_format)
+    band_mean, band_std = band_statistics(sample, image_format)
+    return replace(image_format, band_mean=band_mean, band_std=band_std)
+
+
 def round_up(size: int, multiple: int = 32) -> int:
     """Smallest multiple of `multiple` that is >= `size`."""
     return -(-size // multiple) * multiple
@@ -524,11 +811,14 @@ def make_dataset(
     max_images: int | None = None,
     cache: bool = False,
     seed: int = 0,
+    image_format: ImageFormat = RGB,
 ) -> tf.data.Dataset:
     """Return a dataset of `(images, masks)` or `(images, masks, pixel_weights)`.
 
-    images: float32 `(B, H, W, 3)`, RGB in [0, 255]. masks: int32 `(B, h, w)`,
-    class indices with 255 = void kept (the loss and metrics ignore it).
+    images: float32 `(B, H, W, 3)`, RGB in [0, 255]; for another
+    `image_format`, float32 `(B, H, W, bands)` with the stored values, every
+    file checked to be stored alike. masks: int32 `(B, h, w)`, class indices
+    with 255 = void kept (the loss and metrics ignore it).
 
     Training (`training=True`): shuffled with `seed`, repeated forever (pass
     `steps_per_epoch` to `fit`), and each example goes through the joint
@@ -540,8 +830,8 @@ def make_dataset(
     original resolution. All images are padded at the bottom and right to one
     fixed size (the largest image of the split, rounded up by
     `input_size_rule` to a size the network takes), the image with the
-    dataset mean and the mask with 255, so the padding is never scored and one
-    compiled graph serves the whole split.
+    dataset mean (`image_format.pad_value`) and the mask with 255, so the
+    padding is never scored and one compiled graph serves the whole split.
 
     `label_margin` is for networks whose output is smaller than their input
     (U-Net with valid convolutions): masks are centre-cropped by that many
@@ -552,20 +842,23 @@ def make_dataset(
     says how grey mask values map to classes (see `check_mask_values`).
     """
     pairs = list_pairs(data_dir, split, layout)[:max_images]
-    sizes = image_sizes(pairs)
+    sizes = image_sizes(pairs, image_format)
+    pad_value = image_format.pad_value
     image_paths, mask_paths = (list(column) for column in zip(*pairs))
     check_mask_values(mask_paths, num_classes, mask_values, ignore_index)
     files = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
 
     def load(image_path, mask_path):
-        return load_pair(image_path, mask_path, num_classes, ignore_index, mask_values)
+        return load_pair(
+            image_path, mask_path, num_classes, ignore_index, mask_values, image_format
+        )
 
     if training:
         check_crop_size(crop_size, input_size_rule)
         dataset = _training_examples(files, load, cache, seed)
         dataset = dataset.map(
             lambda example, seeds: augment.random_scale_crop_flip(
-                *example, crop_size, scale_range, seeds
+                *example, crop_size, scale_range, seeds, pad_value
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -581,7 +874,7 @@ def make_dataset(
         input_size = _eval_input_size(sizes, input_size_rule, label_margin)
         dataset = dataset.map(
             lambda image, mask: augment.pad_for_evaluation(
-                image, mask, input_size, label_margin
+                image, mask, input_size, label_margin, pad_value
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -611,6 +904,23 @@ def remove_padding(
         array[margin : margin + height, margin : margin + width]
         for array, (height, width) in zip(arrays, sizes)
     ]
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An image of any bands as uint8 RGB `(h, w, 3)`, for pictures only.
+
+    One or two bands show the first as grey; more show the first three as
+    R, G and B. Values in [0, 255] (8-bit images) are shown as they are;
+    others (16-bit, float) are stretched band by band from their 1st to 99th
+    percentile to 0..255.
+    """
+    image = np.asarray(image)
+    image = image[..., [0, 0, 0]] if image.shape[-1] < 3 else image[..., :3]
+    if image.size and 0 <= image.min() and image.max() <= 255:
+        return image.astype(np.uint8)
+    low, high = np.percentile(image.reshape(-1, 3), [1, 99], axis=0)
+    stretched = (image - low) / np.maximum(high - low, 1e-12) * 255
+    return np.clip(stretched, 0, 255).astype(np.uint8)
 
 
 def check_crop_size(crop_size: int, input_size_rule: Callable[[int], int]) -> None:
@@ -691,13 +1001,15 @@ def class_pixel_counts(
     num_classes: int,
     ignore_index: int = IGNORE_LABEL,
     mask_values: str | None = None,
+    image_format: ImageFormat = RGB,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every mask of `pairs` (checking it) and count pixels per class.
 
     Returns two int64 `(num_classes,)` arrays: the pixels of each class, and the
     non-void pixels of the images in which that class occurs (the denominator
     of SegNet's median-frequency balancing). Void is never counted. Errors name
-    the file, as in training; pass the `mask_values` the pipeline reads with.
+    the file, as in training; pass the `mask_values` and `image_format` the
+    pipeline reads with.
     """
     check_mask_values(
         [mask for _, mask in pairs], num_classes, mask_values, ignore_index
@@ -707,12 +1019,19 @@ def class_pixel_counts(
     for image_path, mask_path in pairs:
         try:
             _, mask = load_pair(
-                image_path, mask_path, num_classes, ignore_index, mask_values
+                image_path,
+                mask_path,
+                num_classes,
+                ignore_index,
+                mask_values,
+                image_format,
             )
         except tf.errors.InvalidArgumentError as error:
             raise DatasetError(
                 f"{image_path} / {mask_path}: {tf_error_message(error)}"
             ) from None
+        except ValueError as error:  # From read_tiff, which names the file.
+            raise DatasetError(str(error)) from None
         values = mask.numpy().ravel()
         values = values[values != IGNORE_LABEL]
         image_counts = np.bincount(values, minlength=num_classes)[:num_classes]
@@ -727,6 +1046,9 @@ def tf_error_message(error: tf.errors.OpError) -> str:
     marker = "assertion failed:"
     if marker in message:
         message = message.split(marker, 1)[1]
+    python_error = "ValueError: "  # Raised by read_tiff in tf.numpy_function.
+    if python_error in message:
+        return message.split(python_error, 1)[1].split("\n", 1)[0]
     return " ".join(message.replace("[", " ").replace("]", " ").split())
 
 
@@ -739,12 +1061,21 @@ def verify(
     ignore_index: int = IGNORE_LABEL,
     mask_values: str | None = None,
 ) -> np.ndarray:
-    """Check every file of a split and print class pixel frequencies."""
+    """Check every file of a split and print class pixel frequencies.
+
+    Every image must be stored as the split's first (bands, bit depth).
+    """
     pairs = list_pairs(data_dir, split, layout)
-    image_sizes(pairs)
-    counts, _ = class_pixel_counts(pairs, num_classes, ignore_index, mask_values)
+    _, image_format = image_header(pairs[0][0])
+    image_sizes(pairs, image_format)
+    counts, _ = class_pixel_counts(
+        pairs, num_classes, ignore_index, mask_values, image_format
+    )
     total = max(int(counts.sum()), 1)
-    print(f"{split}: {len(pairs)} images, all readable, sizes and labels valid.")
+    print(
+        f"{split}: {len(pairs)} images ({image_format.storage()}), all readable, "
+        "sizes and labels valid."
+    )
     print(f"{'class':<16}{'pixels':>14}{'share':>9}")
     for name, count in zip(class_names, counts):
         print(f"{name:<16}{count:>14,}{count / total:>9.2%}")

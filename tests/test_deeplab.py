@@ -239,6 +239,7 @@ def test_save_load_round_trip(tmp_path):
     [
         ((8, 8), 4, True),  # 2-pixel sub-images: shifted copies
         ((6, 10), (3, 2), True),
+        ((20, 20), 4, True),  # 5-pixel sub-images
         ((16, 16), 2, False),  # 8-pixel sub-images: TensorFlow's space-to-batch
     ],
 )
@@ -250,7 +251,7 @@ def test_atrous_conv_equals_conv2d(shape, rate, shifted):
     conv.build(images.shape)
     atrous.build(images.shape)
     atrous.set_weights(conv.get_weights())
-    assert atrous._shifted_copies_are_faster(images) == shifted
+    assert atrous._product_is_faster(images) == shifted
     results = []
     for layer in (conv, atrous):
         with tf.GradientTape() as tape:

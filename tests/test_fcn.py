@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -9,10 +10,12 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import fcn_train
+from common import training
 from common.errors import InputError
-from common.layers import VGG_MEAN_BGR
+from common.layers import VGG_MEAN_BGR, MatmulConv2D
 from fcn_train import build_fcn
 
 TINY = 1 / 16  # Channels 4 ... 32, fc6/fc7 256: seconds on a CPU.
@@ -190,7 +193,8 @@ def test_init_from_copies_the_coarser_net_and_keeps_new_layers(tmp_path):
     coarse.save(path)
     fine = build_fcn(6, "16s", width=TINY)
     bilinear = fine.get_layer("upscore2").get_weights()[0]
-    copied = fcn_train.init_from(fine, path)
+    args = argparse.Namespace(init_from=path, output_dir=str(tmp_path / "run"))
+    copied = training.init_from(fine, args)  # --init-from
 
     assert {"block1_conv1", "block5_conv3", "fc6", "fc7", "score_fr"} <= set(copied)
     for name in ("block3_conv2", "fc6", "score_fr"):
@@ -254,3 +258,48 @@ def test_defaults_follow_the_paper_and_help_explains_memory(capsys):
         fcn_train.parse_args(["--help"])
     help_text = capsys.readouterr().out
     assert "102.8M" in help_text and "--mixed-precision" in help_text
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size", [((4, 4), 7), ((3, 5), 7), ((10, 10), 1), ((6, 6), 3)]
+)
+def test_matmul_conv_equals_conv2d(shape, kernel_size):
+    """fc6/fc7's CPU path: Conv2D's outputs and gradients, on maps of any size."""
+    images = tf.random.stateless_normal((2, *shape, 8), seed=(1, 2))
+    conv = keras.layers.Conv2D(16, kernel_size, padding="same", activation="relu")
+    product = MatmulConv2D(16, kernel_size, padding="same", activation="relu")
+    conv.build(images.shape)
+    product.build(images.shape)
+    product.set_weights(conv.get_weights())
+    assert product._product_is_faster(images)  # On CPU: the matrix product.
+    results = []
+    for layer in (conv, product):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            outputs = layer(images)
+            loss = tf.reduce_sum(outputs**2)
+        results.append([outputs, *tape.gradient(loss, [images, *layer.weights])])
+    for expected, actual in zip(*results):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fc6_fc7_compute_the_plain_convolutions():
+    """The whole FCN-8s with MatmulConv2D gives the logits of plain Conv2D layers."""
+    model = build_fcn(3, "8s", width=TINY)
+    randomize_scores(model)
+    assert isinstance(model.get_layer("fc6"), MatmulConv2D)
+    assert isinstance(model.get_layer("fc7"), MatmulConv2D)
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["name"] in ("fc6", "fc7"):
+            layer["class_name"], layer["module"] = "Conv2D", "keras.layers"
+            layer.pop("registered_name", None)
+    plain = keras.Model.from_config(config)
+    plain.set_weights(model.get_weights())
+    assert type(plain.get_layer("fc6")) is keras.layers.Conv2D
+    images = random_images(2, 70, 90)
+    logits = model.predict(images, verbose=0)
+    assert np.abs(logits).max() > 0
+    np.testing.assert_allclose(
+        plain.predict(images, verbose=0), logits, rtol=1e-4, atol=1e-4
+    )
