@@ -30,8 +30,9 @@ from bench.harness import ONEDNN, cpu_description, in_fresh_process  # noqa: E40
 from common.layers import AtrousConv2D, MatmulConv2D  # noqa: E402
 
 # (what, batch, side, input channels, kernel, rate, filters): the shapes that
-# FCN-8s (crops 128 and 320) and DeepLab v3 (ASPP and dilated backbone blocks
-# at 256 and 512 pixels, output stride 16) give these layers.
+# FCN-8s (crops 128 and 320) and DeepLab give these layers: v3's ASPP and
+# dilated ResNet blocks at 256 and 512 pixels (rate 4: output stride 8), and
+# v1's atrous fc6 on a 321-pixel crop.
 CASES = (
     ("FCN fc6, crop 128", 4, 4, 512, 7, 1, 4096),
     ("FCN fc6, crop 320", 4, 10, 512, 7, 1, 4096),
@@ -41,6 +42,8 @@ CASES = (
     ("ASPP rate 18, 32x32", 2, 32, 2048, 3, 18, 256),
     ("ASPP rate 6, 32x32", 2, 32, 2048, 3, 6, 256),
     ("ResNet block rate 2, 32x32", 2, 32, 512, 3, 2, 512),
+    ("ResNet block rate 4, 32x32", 2, 32, 512, 3, 4, 512),
+    ("VGG fc6 rate 12, 40x40 (v1)", 2, 40, 512, 3, 12, 1024),
 )
 
 

@@ -486,7 +486,8 @@ def save_results(
         results.write_results(args.output_dir, run)
         results.plot_run(best_model, args, dataset, val_ds)
         print(
-            f"\nmean IoU {run['mean_iou']:.4f}, pixel accuracy "
-            f"{run['pixel_accuracy']:.4f}; outputs in {args.output_dir}"
+            f"\nmean IoU {run['mean_iou']:.4f}, global accuracy "
+            f"{run['pixel_accuracy']:.4f}, class-average accuracy "
+            f"{run['class_average_accuracy']:.4f}; outputs in {args.output_dir}"
         )
     return run
