@@ -119,7 +119,7 @@ def make_parser() -> argparse.ArgumentParser:
         "model's folder)",
     )
     crf.add_crf_args(parser)
-    inference.add_tile_args(parser)
+    cli.add_tile_args(parser)
     data = cli.add_dataset_args(parser)
     data.description = "default: the run's settings in results.json beside --model"
     # None = not given, so that results.json can fill it in (resolve_dataset).

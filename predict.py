@@ -99,7 +99,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--flip", action="store_true", help="also average mirrored images"
     )
     crf.add_crf_args(parser)
-    inference.add_tile_args(parser)
+    cli.add_tile_args(parser)
     return parser
 
 

@@ -29,7 +29,7 @@ from typing import NoReturn
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
 # isort: split
-from common import distribute, shapes, voc
+from common import distribute, inference, shapes, voc
 from common.constants import IGNORE_LABEL, LOSS_TERMS
 from common.errors import DatasetError, InputError, TrainingInterrupted
 
@@ -114,6 +114,17 @@ def loss_terms(text: str) -> dict[str, float]:
                 weight, float, lambda value: 0 < value < math.inf, "a weight > 0"
             )
     return terms
+
+
+def tile_size(text: str) -> int | str:
+    """argparse type of --tile: a whole number of pixels >= 1, or "crop"."""
+    return (
+        text
+        if text == "crop"
+        else _number(
+            text, int, lambda value: value >= 1, "a size in pixels >= 1 or 'crop'"
+        )
+    )
 
 
 def backbone_weights(text: str) -> str | None:
@@ -259,6 +270,46 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
         "(default: index, but masks of only 0 and 255 stop with an error)",
     )
     return data
+
+
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    """`--tile`, `--tile-overlap`, `--tile-blend`, `--tile-batch-size` (evaluate.py,
+    predict.py); without `--tile` the network sees each whole image, as before."""
+    group = parser.add_argument_group(
+        "tiles (large images, or a model trained on crops: the network sees one "
+        "window at a time)"
+    )
+    group.add_argument(
+        "--tile",
+        type=tile_size,
+        metavar="SIZE",
+        help="predict overlapping SIZE x SIZE windows and blend their softmax, "
+        "instead of the whole image at once; a multiple of 32 for a .keras model; "
+        "'crop': the training run's --crop-size, from results.json "
+        "(default: whole images)",
+    )
+    group.add_argument(
+        "--tile-overlap",
+        type=unit_interval,
+        default=0.25,
+        metavar="FRACTION",
+        help="neighbouring windows share at least this fraction of a window, "
+        "in [0, 1) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--tile-blend",
+        choices=inference.TILE_BLENDS,
+        default="gaussian",
+        help="weight of a window's pixels, falling towards its edges: gaussian "
+        "(nnU-Net, sigma 1/8 of the window) or linear (default: %(default)s)",
+    )
+    group.add_argument(
+        "--tile-batch-size",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="windows per network call (default: %(default)s)",
+    )
 
 
 def add_training_args(parser: argparse.ArgumentParser) -> None:

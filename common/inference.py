@@ -8,7 +8,7 @@ scripts read the training run's settings from the `results.json` beside the
 model (`common.results.read_run`), among them, for images that are not RGB,
 the band means to pad with (`pad_value`; `IMAGE_MEAN` for RGB).
 
-With `--tile SIZE` (`add_tile_args`, `predict_tiled`) the network sees
+With `--tile SIZE` (`common.cli.add_tile_args`, `predict_tiled`) the network sees
 overlapping SIZE x SIZE windows instead (mmsegmentation's mode="slide"), and
 each pixel's softmax is the mean over its windows, weighted by a Gaussian
 (nnU-Net) or a tent that falls towards a window's edges. It is for images too
@@ -176,75 +176,6 @@ def to_numpy_labels(probabilities: tf.Tensor) -> np.ndarray:
 # towards a window's edges, where the network sees the least context.
 
 TILE_BLENDS = ("gaussian", "linear")
-
-
-def tile_size(text: str) -> int | str:
-    """argparse type of --tile: a whole number of pixels >= 1, or "crop"."""
-    if text == "crop":
-        return text
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise argparse.ArgumentTypeError(
-        f"must be a size in pixels >= 1 or 'crop', not {text!r}"
-    )
-
-
-def overlap_fraction(text: str) -> float:
-    """argparse type of --tile-overlap: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), not {text!r}")
-    return value
-
-
-def positive_count(text: str) -> int:
-    """argparse type of --tile-batch-size: an integer >= 1."""
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
-
-
-def add_tile_args(parser: argparse.ArgumentParser) -> None:
-    """`--tile`, `--tile-overlap`, `--tile-blend`, `--tile-batch-size` (evaluate.py,
-    predict.py); without `--tile` the network sees each whole image, as before."""
-    group = parser.add_argument_group(
-        "tiles (large images, or a model trained on crops: the network sees one "
-        "window at a time)"
-    )
-    group.add_argument(
-        "--tile",
-        type=tile_size,
-        metavar="SIZE",
-        help="predict overlapping SIZE x SIZE windows and blend their softmax, "
-        "instead of the whole image at once; a multiple of 32 for a .keras model; "
-        "'crop': the training run's --crop-size, from results.json "
-        "(default: whole images)",
-    )
-    group.add_argument(
-        "--tile-overlap",
-        type=overlap_fraction,
-        default=0.25,
-        metavar="FRACTION",
-        help="neighbouring windows share at least this fraction of a window, "
-        "in [0, 1) (default: %(default)s)",
-    )
-    group.add_argument(
-        "--tile-blend",
-        choices=TILE_BLENDS,
-        default="gaussian",
-        help="weight of a window's pixels, falling towards its edges: gaussian "
-        "(nnU-Net, sigma 1/8 of the window) or linear (default: %(default)s)",
-    )
-    group.add_argument(
-        "--tile-batch-size",
-        type=positive_count,
-        default=4,
-        metavar="N",
-        help="windows per network call (default: %(default)s)",
-    )
 
 
 def tile_settings(
