@@ -86,9 +86,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--scales",
-        default="1.0",
-        help="comma-separated test scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75 "
-        "(default: %(default)s)",
+        help="comma-separated test scales, e.g. 0.5,0.75,1.0,1.25,1.5,1.75; the "
+        "softmax of each, resized to the full image, is averaged (default: the "
+        "training run's --image-scale from results.json, else 1.0)",
     )
     parser.add_argument(
         "--flip", action="store_true", help="also average left-right mirrored images"
@@ -439,12 +439,19 @@ def check_num_classes(model, dataset: voc.DatasetSpec, source: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    scales = inference.parse_scales(args.scales)
+    scales = inference.parse_scales(args.scales) if args.scales else None
     trimap_widths = parse_trimap(args.trimap)
     crf_settings = crf.crf_settings(args) if args.crf else None
     if args.crf:
         crf.require_pydensecrf()  # Before the slow part, not after it.
     cli.check_path(args.model, "--model", "file", "a .keras file written by training")
+    run = results.read_run(args.model)[0]
+    scales = inference.test_scales(scales, run)
+    if args.scales is None and scales != (1.0,):
+        print(
+            f"Predicting at scale {scales[0]:g} (the run's --image-scale), the "
+            "softmax upsampled to the full-size labels"
+        )
     model = inference.load_model(args.model)
     dataset, source = resolve_dataset(args)
     print(source)
@@ -452,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_num_classes(model, dataset, source)
     # A .keras model's input is padded to a multiple of 32, so are its windows.
     tile_settings = inference.tile_settings(
-        args, 32, results.read_run(args.model)[0] if args.tile == "crop" else None
+        args, 32, run if args.tile == "crop" else None
     )
 
     per_image = scales != (1.0,) or args.flip or args.crf or trimap_widths

@@ -93,7 +93,9 @@ def make_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
-        "--scales", default="1.0", help="test scales, e.g. 0.75,1.0,1.25 (default: 1.0)"
+        "--scales",
+        help="test scales, e.g. 0.75,1.0,1.25 (default: the training run's "
+        "--image-scale from results.json, else 1.0)",
     )
     parser.add_argument(
         "--flip", action="store_true", help="also average mirrored images"
@@ -384,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Predict every input; return the number of inputs that failed."""
     args = make_parser().parse_args(argv)
     options = {
-        "scales": inference.parse_scales(args.scales),
+        "scales": inference.parse_scales(args.scales) if args.scales else None,
         "flip": args.flip,
         "crf_settings": crf.crf_settings(args) if args.crf else None,
     }
@@ -407,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # An export's results.json is its source run's (export.json names the model).
     run_model = getattr(model, "metadata", {}).get("source_model", args.model)
     run = results.read_run(run_model)[0]
+    options["scales"] = inference.test_scales(options["scales"], run)
     options["tile_settings"] = inference.tile_settings(
         args, getattr(model, "size_divisor", 32), run
     )

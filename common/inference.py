@@ -161,6 +161,20 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+def test_scales(
+    scales: tuple[float, ...] | None, run: dict | None
+) -> tuple[float, ...]:
+    """`--scales` as given (`parse_scales`), else the run's `--image-scale`, else 1.0.
+
+    A model trained on images resized at load (`--image-scale 0.5`) learnt
+    objects at that size: it is scored, and predicts, on images resized the
+    same way, and its softmax is upsampled to the full-size image and labels.
+    """
+    if scales:
+        return scales
+    return (float(((run or {}).get("settings") or {}).get("image_scale", 1.0)),)
+
+
 def to_numpy_labels(probabilities: tf.Tensor) -> np.ndarray:
     """Class index per pixel, uint8 `(H, W)`."""
     return np.argmax(np.asarray(probabilities), axis=-1).astype(np.uint8)

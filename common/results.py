@@ -323,8 +323,9 @@ def plot_run(
         return
     pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)
     pairs = pairs[:MAX_CANDIDATES]
+    sizes = [voc.scaled_size(size, args.image_scale) for size in voc.image_sizes(pairs)]
     images, masks, predictions, ious = scored_examples(
-        model, val_ds, voc.image_sizes(pairs), dataset.num_classes
+        model, val_ds, sizes, dataset.num_classes
     )
     chosen = plots.choose_examples(masks, ious, count)
     stems = [os.path.splitext(os.path.basename(pairs[i][0]))[0] for i in chosen]

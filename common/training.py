@@ -140,6 +140,7 @@ def make_datasets(
         label_margin=label_margin,
         cache=args.cache,
         seed=args.seed,
+        image_scale=args.image_scale,
     )
     train_pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
     batch_size = args.global_batch_size  # Set by set_up().
@@ -490,4 +491,10 @@ def save_results(
             f"{run['pixel_accuracy']:.4f}, class-average accuracy "
             f"{run['class_average_accuracy']:.4f}; outputs in {args.output_dir}"
         )
+        if args.image_scale != 1:
+            print(
+                f"These scores are on the masks resized by --image-scale "
+                f"{args.image_scale:g}; on the full-size masks: python evaluate.py "
+                f"--model {os.path.join(args.output_dir, 'best.keras')}"
+            )
     return run

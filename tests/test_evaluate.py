@@ -206,12 +206,12 @@ def test_crf_scores_are_stored_beside_the_network_s(tiny_voc, tmp_path):
     assert set(results["trimap"]["2"]) == {"mean_iou", "mean_iou_crf"}
 
 
-def write_run(run_dir, dataset_entry, num_classes):
+def write_run(run_dir, dataset_entry, num_classes, settings=None):
     """A tiny saved model and the results.json a training run leaves beside it."""
     inputs = keras.Input((None, None, 3))
     logits = keras.layers.Conv2D(num_classes, 1, name="logits")(inputs)
     keras.Model(inputs, logits).save(run_dir / "best.keras")
-    results = {"mean_iou": 0.0, "argv": []}
+    results = {"mean_iou": 0.0, "argv": [], "settings": settings or {}}
     if dataset_entry is not None:
         results["dataset"] = dataset_entry
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -249,6 +249,26 @@ def test_data_settings_default_to_the_run_s_results_json(shapes_dir, tmp_path, c
     output = capsys.readouterr().out
     assert f"settings from {tmp_path / 'results.json'}" in output
     assert "batch 2/2" in output  # progress: 8 val images, 4 per batch
+
+
+def test_a_run_trained_at_an_image_scale_is_scored_on_the_full_masks(
+    tiny_voc, tmp_path, capsys
+):
+    data_dir, examples = tiny_voc
+    model_path = write_run(tmp_path, None, NUM_CLASSES, {"image_scale": 0.5})
+
+    results = evaluate.main(["--model", model_path, "--data-dir", data_dir])
+
+    assert results["scales"] == [0.5]
+    assert "the run's --image-scale" in capsys.readouterr().out
+    full_pixels = sum(
+        int((mask != IGNORE_LABEL).sum()) for _, mask in examples.values()
+    )
+    assert np.sum(results["confusion_matrix"]) == full_pixels
+    given = evaluate.main(
+        ["--model", model_path, "--data-dir", data_dir, "--scales", "1"]
+    )
+    assert given["scales"] == [1.0]
 
 
 def test_an_older_results_json_falls_back_to_the_flags(tiny_voc, tmp_path, capsys):

@@ -146,3 +146,25 @@ def test_video_gets_an_overlaid_video(tmp_path):
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     capture.release()
     assert frames == 3
+
+
+def test_a_run_trained_at_an_image_scale_predicts_at_that_scale(tmp_path, monkeypatch):
+    saved_pointwise_model(str(tmp_path / "m.keras"))
+    (tmp_path / "results.json").write_text('{"settings": {"image_scale": 0.5}}')
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    seen = []
+    original = predict.inference.predict_multiscale
+
+    def recording(model, image, scales, *args):
+        seen.append(scales)
+        return original(model, image, scales, *args)
+
+    monkeypatch.setattr(predict.inference, "predict_multiscale", recording)
+    argv = ["--model", str(tmp_path / "m.keras"), "--out", str(tmp_path / "out")]
+
+    predict.main([*argv, str(tmp_path / "a.png")])
+    predict.main([*argv, "--scales", "1,2", str(tmp_path / "a.png")])
+
+    assert seen == [(0.5,), (1.0, 2.0)]
+    mask = cv2.imread(str(tmp_path / "out" / "a_mask.png"))
+    assert mask.shape[:2] == (20, 30)  # Upsampled back to the full image.

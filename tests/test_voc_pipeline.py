@@ -14,6 +14,8 @@ from common.voc import (
     class_pixel_counts,
     list_pairs,
     make_dataset,
+    resize_pair,
+    scaled_size,
     voc_colormap,
 )
 
@@ -102,6 +104,41 @@ def test_evaluation_scores_every_original_pixel(painted_voc):
         np.testing.assert_array_equal(eval_mask[:h, :w], mask)
         np.testing.assert_array_equal(eval_image[:h, :w], image)
         assert np.all(eval_mask[h:] == IGNORE_LABEL) and np.all(eval_mask[:, w:] == 255)
+
+
+def test_image_scale_resizes_images_and_masks_alike_for_both_splits(write_voc):
+    rng = np.random.default_rng(3)
+    examples = {
+        f"im{i}": painted_example(rng, 40 - 8 * i, 24 + 8 * i) for i in range(3)
+    }
+    data_dir = write_voc({"train": examples, "val": examples})
+
+    val = make_dataset(data_dir, "val", 3, 32, training=False, image_scale=0.5)
+    images, masks = first_batch(val)
+    # The largest image is 40 x 40 -> 20 x 20, padded to 32 x 32.
+    assert images.shape[1:3] == masks.shape[1:] == (32, 32)
+    for (image, mask), eval_image, eval_mask in zip(examples.values(), images, masks):
+        h, w = scaled_size(mask.shape, 0.5)
+        # Nearest at exactly half: the lower-right pixel of every 2x2 cell.
+        np.testing.assert_array_equal(eval_mask[:h, :w], mask[1::2, 1::2])
+        assert np.all(eval_mask.numpy()[h:] == IGNORE_LABEL)
+        # Antialiased: every pixel is averaged in, so the mean colour stays.
+        np.testing.assert_allclose(
+            eval_image.numpy()[:h, :w].mean((0, 1)), image.mean((0, 1)), atol=3
+        )
+    train = make_dataset(data_dir, "train", 3, 32, training=True, image_scale=0.5)
+    values = set()
+    for _, batch_masks in train.take(4):
+        values.update(np.unique(batch_masks.numpy()).tolist())
+    assert values <= {0, 3, 7, IGNORE_LABEL}
+
+
+@pytest.mark.parametrize(
+    "size, scale", [((360, 480), 0.5), ((37, 41), 0.5), ((3, 5), 0.1), ((65, 38), 0.75)]
+)
+def test_scaled_size_rounds_like_the_graph(size, scale):
+    _, resized = resize_pair(tf.zeros((*size, 3)), tf.zeros(size, tf.uint8), scale)
+    assert tuple(resized.shape) == scaled_size(size, scale)
 
 
 def test_evaluation_with_margin_mirrors_the_image(painted_voc):
