@@ -7,6 +7,7 @@ top to bottom in a fresh kernel with QUICK_RUN=1 on the `shapes` data, as a
 reader would run it in Jupyter (started in `notebooks/`), with its training
 runs and temporary files in the test's `tmp_path` (NOTEBOOK_OUTPUT_DIR, TMPDIR),
 not the system's temporary folder, and the kernel shut down at the end.
+05_compare runs once more on a tiny CamVid folder, its CamVid branch.
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ def kernel_specs(tmp_path_factory) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(kernel_dir.parent)])
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_in_quick_mode(name, kernel_specs, tmp_path, monkeypatch):
+def run_quick(name, kernel_specs, tmp_path, monkeypatch, dataset="shapes"):
+    """Execute notebook `name` top to bottom with QUICK_RUN=1; return its cells."""
     monkeypatch.setenv("QUICK_RUN", "1")
-    monkeypatch.setenv("NOTEBOOK_DATASET", "shapes")
+    monkeypatch.setenv("NOTEBOOK_DATASET", dataset)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("NOTEBOOK_OUTPUT_DIR", str(tmp_path / "outputs"))
     # The kernel's own temporary files (TensorFlow's autograph sources, deleted
@@ -91,6 +92,12 @@ def test_notebook_runs_in_quick_mode(name, kernel_specs, tmp_path, monkeypatch):
     # nbclient leaves a kernel it did not start (km=) running unless told to
     # shut it down, and a kernel left running never deletes its connection file.
     client.execute(cleanup_kc=True)  # Raises CellExecutionError on any error.
+    return notebook
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_in_quick_mode(name, kernel_specs, tmp_path, monkeypatch):
+    notebook = run_quick(name, kernel_specs, tmp_path, monkeypatch)
     images = sum(
         "image/png" in output.get("data", {})
         for cell in notebook.cells
@@ -98,3 +105,22 @@ def test_notebook_runs_in_quick_mode(name, kernel_specs, tmp_path, monkeypatch):
         for output in cell.outputs
     )
     assert images > 0, f"{name} showed no figure"
+
+
+def test_comparison_runs_on_camvid(camvid_dir, kernel_specs, tmp_path, monkeypatch):
+    """05_compare's CamVid branch: --image-scale 0.5, scores on the full labels."""
+    monkeypatch.setenv("NOTEBOOK_DATA_DIR", camvid_dir)
+    notebook = run_quick("05_compare", kernel_specs, tmp_path, monkeypatch, "camvid")
+    printed = "".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+    )
+    assert "--image-scale 0.5" in printed
+    for name in ("FCN-8s", "U-Net", "SegNet-Basic", "DeepLab v3+"):
+        with open(tmp_path / "outputs" / name / "eval.json") as f:
+            evaluation = json.load(f)
+        assert evaluation["scales"] == [0.5] and evaluation["dataset"] == "camvid"
+        # Every non-void pixel of the 4 val images at 45 x 61, 3 void rows each.
+        assert sum(map(sum, evaluation["confusion_matrix"])) == 4 * 42 * 61

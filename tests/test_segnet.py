@@ -19,7 +19,7 @@ from common.losses import median_frequency_weights
 from segnet_train import build_segnet
 
 CAMVID_CLASSES = 11
-CAMVID_VOID = 11
+CAMVID_VOID = 11  # As conftest's camvid_dir writes them.
 
 
 def trainable_parameters(model: keras.Model) -> int:
@@ -120,46 +120,6 @@ def test_basic_variant_refuses_a_backbone():
     with pytest.raises(SystemExit):
         segnet_train.parse_args(["--variant", "basic", "--backbone-weights", "x.h5"])
     assert segnet_train.parse_args(["--variant", "basic"]).backbone_weights is None
-
-
-# --------------------------------------------------------------------------
-# A tiny CamVid: SPLIT/ + SPLITannot/, single-channel index masks, 11 = void
-# --------------------------------------------------------------------------
-
-
-def write_camvid_split(data_dir: str, split: str, count: int, seed: int) -> None:
-    """Images of 45x61 (odd, like CamVid's pooled sizes) with blocky classes.
-
-    Each 9x10 block has one class and that class's colour plus noise, so the
-    task is learnable in a few steps; a void (11) stripe crosses every image.
-    """
-    rng = np.random.default_rng(seed)
-    colors = rng.integers(0, 256, (CAMVID_CLASSES, 3))
-    os.makedirs(os.path.join(data_dir, split))
-    os.makedirs(os.path.join(data_dir, f"{split}annot"))
-    for index in range(count):
-        # Class 0 dominates so that median-frequency weights differ from 1.
-        blocks = rng.choice(CAMVID_CLASSES, (5, 7), p=[0.5] + [0.05] * 10)
-        mask = np.kron(blocks, np.ones((9, 10), np.uint8))[:45, :61]
-        mask = np.pad(mask, ((0, 0), (0, 61 - mask.shape[1])), mode="edge")
-        image = colors[mask] + rng.normal(0, 10, (*mask.shape, 3))
-        mask = mask.astype(np.uint8)
-        mask[20:23] = CAMVID_VOID
-        name = f"{split}_{index:03d}"
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
-            os.path.join(data_dir, split, f"{name}.png")
-        )
-        Image.fromarray(mask, mode="L").save(
-            os.path.join(data_dir, f"{split}annot", f"{name}.png")
-        )
-
-
-@pytest.fixture(scope="module")
-def camvid_dir(tmp_path_factory) -> str:
-    data_dir = str(tmp_path_factory.mktemp("CamVid"))
-    write_camvid_split(data_dir, "train", 8, seed=0)
-    write_camvid_split(data_dir, "val", 4, seed=1)
-    return data_dir
 
 
 def camvid_argv(camvid_dir: str) -> list[str]:
