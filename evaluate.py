@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         crf.require_pydensecrf()  # Before the slow part, not after it.
     cli.check_path(args.model, "--model", "file", "a .keras file written by training")
     run = results.read_run(args.model)[0]
-    scales = inference.test_scales(scales, run)
+    scales = inference.scales_for_run(scales, run)
     if args.scales is None and scales != (1.0,):
         print(
             f"Predicting at scale {scales[0]:g} (the run's --image-scale), the "

@@ -409,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # An export's results.json is its source run's (export.json names the model).
     run_model = getattr(model, "metadata", {}).get("source_model", args.model)
     run = results.read_run(run_model)[0]
-    options["scales"] = inference.test_scales(options["scales"], run)
+    options["scales"] = inference.scales_for_run(options["scales"], run)
     options["tile_settings"] = inference.tile_settings(
         args, getattr(model, "size_divisor", 32), run
     )

@@ -161,7 +161,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def test_scales(
+def scales_for_run(
     scales: tuple[float, ...] | None, run: dict | None
 ) -> tuple[float, ...]:
     """`--scales` as given (`parse_scales`), else the run's `--image-scale`, else 1.0.

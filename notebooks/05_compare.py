@@ -18,10 +18,11 @@
 # big, how slow, how good, and good at what.
 #
 # With CamVid in `data/CamVid` (`bash data/camvid_download.sh`), they train on
-# real street scenes with the README's CamVid recipes, each about half an hour on
-# two CPU cores, and are scored on every pixel of the 101 validation images at
-# 360 x 480. Without it, they train on the built-in `shapes` with one shared
-# budget of minutes: the same crop, batch, optimizer, number of steps and seed.
+# real street scenes with the CamVid recipes in `CAMVID_RECIPES`, 13-30 minutes
+# each on two CPU cores (measured), and are scored on every pixel of the 101
+# validation images at 360 x 480. Without it, they train on the built-in
+# `shapes` with one shared budget of minutes: the same crop, batch, optimizer,
+# number of steps and seed.
 #
 # A CPU budget compares how quickly each design learns from scratch, not what it
 # can reach: with ImageNet backbones and a GPU's training the order changes (each
@@ -67,8 +68,8 @@ from common.plots import compare_predictions
 # ## Settings
 #
 # `QUICK_RUN=1` (the tests) trains tiny versions for two steps each, enough to run
-# every cell. Without it, the dataset is CamVid if `data/CamVid` exists (about two
-# hours for the four), else VOC if `data/VOCdevkit/VOC2012` exists (use a GPU for
+# every cell. Without it, the dataset is CamVid if `data/CamVid` exists (about an hour
+# and a half for the four), else VOC if `data/VOCdevkit/VOC2012` exists (use a GPU for
 # that, and the scripts' full-size defaults), else `shapes` (minutes per model).
 # `NOTEBOOK_DATASET` and `NOTEBOOK_DATA_DIR` choose another.
 #
@@ -76,7 +77,7 @@ from common.plots import compare_predictions
 # versions of the four (FCN at a fraction of VGG-16's width, U-Net with 16-128
 # filters, SegNet-Basic, DeepLab v3+ on MobileNetV2), none pretrained.
 # `SHARED_ARGS` is what they share; on CamVid, `CAMVID_RECIPES` adds each one's
-# schedule, the README's commands.
+# schedule, sized to fit 30 minutes on two CPU cores.
 #
 # The runs write their checkpoints and plots under `OUTPUT_DIR`: a new temporary
 # folder each time you run the notebook (its path is printed below). To keep them
@@ -110,14 +111,14 @@ SHARED_ARGS = [
     *("--batch-size", str(BATCH_SIZE), "--optimizer", "adam", "--weight-decay", "0"),
     *("--image-scale", str(IMAGE_SCALE), "--num-predictions", "0"),  # We draw ours.
 ]
-# The README's CamVid commands, less what SHARED_ARGS and MODELS already say.
+# Each model's CamVid schedule, on top of SHARED_ARGS and MODELS.
 CAMVID_RECIPES = {
     "FCN-8s": ["--crop-size", "192", "--learning-rate", "5e-4", "--epochs", "10",
                "--steps-per-epoch", "90", "--lr-schedule", "poly"],
     "U-Net": ["--crop-size", "192", "--learning-rate", "2e-3", "--epochs", "8",
               "--steps-per-epoch", "46"],
-    "SegNet-Basic": ["--crop-size", "176", "--learning-rate", "2e-3", "--epochs", "6",
-                     "--steps-per-epoch", "34"],
+    "SegNet-Basic": ["--crop-size", "176", "--learning-rate", "2e-3", "--epochs", "4",
+                     "--steps-per-epoch", "36"],
     "DeepLab v3+": ["--crop-size", "192", "--learning-rate", "2e-3", "--epochs", "10",
                     "--steps-per-epoch", "72"],
 }  # fmt: skip
@@ -298,6 +299,4 @@ plt.show()
 # %% [markdown]
 # To compare at full size and on VOC, run the scripts with their defaults (the
 # commands are in the README) and `python evaluate.py --model RUN/best.keras`
-# on each; `bench/train_speed.py` times the full-size models side by side. The
-# README's CamVid table holds this notebook's CamVid runs, with each one's
-# command, time and per-class IoU.
+# on each; `bench/train_speed.py` times the full-size models side by side.
