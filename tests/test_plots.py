@@ -117,7 +117,11 @@ def test_plot_run_pictures_each_class_and_the_worst_with_its_iou(
     )
     (tmp_path / "history.csv").write_text(HISTORY)
     args = argparse.Namespace(
-        output_dir=str(tmp_path), num_predictions=3, dataset="toy", val_split="val"
+        output_dir=str(tmp_path),
+        num_predictions=3,
+        dataset="toy",
+        val_split="val",
+        image_scale=1.0,
     )
     pictured = {}
     monkeypatch.setattr(
