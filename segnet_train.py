@@ -9,7 +9,7 @@
     python segnet_train.py --dataset camvid --variant basic --image-scale 0.5 \
         --crop-size 176 --scale-range 0.75 1.5 --batch-size 8 --optimizer adam \
         --learning-rate 2e-3 --loss '0.5*ce+lovasz' --epochs 4 \
-        --steps-per-epoch 36                     # CamVid: 0.320 val mIoU, 22 CPU min
+        --steps-per-epoch 36                     # CamVid: 0.319 val mIoU, 22 CPU min
 
 The demo (SegNet-Basic from scratch, the default SGD recipe) validates in step
 with training but learns slowly: val mean IoU 0.31 after 12 epochs (measured),
