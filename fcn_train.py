@@ -2,7 +2,7 @@
 
     bash data/voc_download.sh
     python fcn_train.py --variant 8s --epochs 50
-    python fcn_train.py --dataset shapes --backbone-weights none --width 0.125 \\
+    python fcn_train.py --dataset shapes --backbone-weights none --width 0.125 \
         --optimizer adam --learning-rate 1e-3 --crop-size 64 --epochs 10    # demo
 
 The demo trains FCN-8s at 1/8 of VGG-16's width from scratch on a CPU: it finds
@@ -23,9 +23,9 @@ The paper's staged recipe: train the coarse net, then each finer one from it
 with the learning rate lowered 100x (Sec. 4.2):
 
     python fcn_train.py --variant 32s --output-dir runs/fcn32s
-    python fcn_train.py --variant 16s --init-from runs/fcn32s/best.keras \\
+    python fcn_train.py --variant 16s --init-from runs/fcn32s/best.keras \
         --learning-rate 1e-6 --output-dir runs/fcn16s
-    python fcn_train.py --variant 8s --init-from runs/fcn16s/best.keras \\
+    python fcn_train.py --variant 8s --init-from runs/fcn16s/best.keras \
         --learning-rate 1e-8 --output-dir runs/fcn8s
 
 Fully Convolutional Networks (Long, Shelhamer and Darrell, CVPR 2015,

@@ -31,7 +31,7 @@ def documented_commands(page: str) -> list[tuple[str, list[str]]]:
     inline-code backtick, a table bar, `&&`, a pipe or a comment.
     """
     with open(os.path.join(ROOT, page), encoding="utf-8") as f:
-        text = f.read().replace("\\\\\n", " ").replace("\\\n", " ")
+        text = f.read().replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
         for script in SCRIPTS:
