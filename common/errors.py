@@ -18,3 +18,7 @@ class DatasetError(InputError):
 
 class TrainingInterrupted(Exception):
     """Ctrl-C during training; the message says what is saved and how to resume."""
+
+
+class TrainingDiverged(InputError):
+    """The training loss became NaN or infinite: the settings need changing."""

@@ -40,7 +40,12 @@ import tensorflow as tf
 
 from common import cli, console, distribute, layers, multiworker, results, voc
 from common.backbones import copy_weights_by_name
-from common.errors import DatasetError, InputError, TrainingInterrupted
+from common.errors import (
+    DatasetError,
+    InputError,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from common.inference import load_model
 from common.losses import median_frequency_weights
 from common.metrics import ConfusionMatrix, IoUReport, iou_table
@@ -317,10 +322,49 @@ class StepTimer(keras.callbacks.Callback):
         return 1000 * float(np.median(self.times)) if self.times else None
 
 
+class StopOnNaNLoss(keras.callbacks.Callback):
+    """End training at the first NaN or infinite loss, with what to change.
+
+    Keras' `TerminateOnNaN` only asks `fit` to stop at the end of the epoch,
+    which then still validates and lets `BackupAndRestore` save the NaN
+    weights, so a resumed run would start from them. Raising at once leaves
+    history.csv, best.keras and the backup at the last finished epoch.
+    """
+
+    def __init__(self, args: argparse.Namespace):
+        super().__init__()
+        self.args = args
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            raise TrainingDiverged(self.message(loss, batch))
+
+    def message(self, loss: float, batch: int) -> str:
+        args = self.args
+        terms = "+".join(
+            name if weight == 1 else f"{weight:g}*{name}"
+            for name, weight in args.loss.items()
+        )
+        add_ce = f", or add cross-entropy: --loss '0.5*ce+{terms}'"
+        hint = "" if "ce" in args.loss else add_ce
+        return (
+            f"The training loss became {loss} at step {batch + 1} of epoch "
+            f"{self.epoch + 1} (--loss {terms}, --optimizer {args.optimizer}, "
+            f"learning rate {args.learning_rate:g}), so training stopped. "
+            f"{args.output_dir} keeps the epochs before it. Train again in a new "
+            f"--output-dir with a lower --learning-rate{hint}."
+        )
+
+
 def make_callbacks(
     args: argparse.Namespace, metric: ConfusionMatrix, class_names: Sequence[str]
 ) -> list[keras.callbacks.Callback]:
-    """The IoU table, resume, best checkpoint, history.csv, TensorBoard, NaN stop.
+    """The NaN stop, IoU table, resume, best checkpoint, history.csv, TensorBoard.
 
     `metric` is the `ConfusionMatrix` the model is compiled with.
     `ModelCheckpoint` keeps the epoch with the best validation mean IoU; a
@@ -328,7 +372,8 @@ def make_callbacks(
     """
     output_dir = args.output_dir
     return [
-        IoUReport(metric, class_names),  # First: adds val_pixel_accuracy to the logs.
+        StopOnNaNLoss(args),  # First: ends the epoch before anything saves it.
+        IoUReport(metric, class_names),  # Adds val_pixel_accuracy to the logs.
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "best.keras"),
@@ -339,7 +384,6 @@ def make_callbacks(
         ),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")),
-        keras.callbacks.TerminateOnNaN(),
     ]
 
 

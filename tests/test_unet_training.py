@@ -7,10 +7,12 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 import unet_train
 from common import training
+from common.errors import TrainingDiverged
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {
@@ -124,6 +126,40 @@ def test_interrupted_run_resumes_where_it_stopped(shapes_dir, tmp_path, monkeypa
     assert [row["epoch"] for row in read_history(tmp_path)] == ["0", "1", "2"]
     assert results["epochs_this_run"] == 1
     assert results["optimizer_steps"] == 3 * 5  # Optimizer state came back too.
+
+
+class PoisonWeightsAtEpoch(keras.callbacks.Callback):
+    """Makes every weight NaN when `epoch` begins, so its first loss is NaN."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            for weight in self.model.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+
+
+def test_nan_loss_stops_before_anything_saves_nan_weights(
+    shapes_dir, tmp_path, monkeypatch
+):
+    argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "3", "--loss", "dice")
+    make_callbacks = training.make_callbacks
+    monkeypatch.setattr(
+        training,
+        "make_callbacks",
+        lambda *a: make_callbacks(*a) + [PoisonWeightsAtEpoch(1)],
+    )
+    with pytest.raises(TrainingDiverged) as raised:
+        unet_train.main(argv)
+
+    message = str(raised.value)
+    assert "step 1 of epoch 2" in message and "--loss '0.5*ce+dice'" in message
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["0"]
+    best = keras.saving.load_model(str(tmp_path / "best.keras"), compile=False)
+    assert all(np.isfinite(w).all() for w in best.get_weights())
+    assert os.path.isdir(tmp_path / "backup")  # Epoch 1, not the NaN weights.
 
 
 def test_command_line_error_has_no_traceback(tmp_path):
