@@ -118,7 +118,7 @@ CAMVID_RECIPES = {
     "FCN-8s": ["--crop-size", "192", "--learning-rate", "5e-4", "--epochs", "10",
                "--steps-per-epoch", "90", "--lr-schedule", "poly",
                "--loss", "0.5*ce+lovasz"],
-    "U-Net": ["--crop-size", "192", "--learning-rate", "2e-3", "--epochs", "12",
+    "U-Net": ["--crop-size", "192", "--learning-rate", "2e-3", "--epochs", "18",
               "--steps-per-epoch", "46", "--loss", "dice"],
     "SegNet-Basic": ["--crop-size", "176", "--learning-rate", "2e-3", "--epochs", "6",
                      "--steps-per-epoch", "36", "--loss", "dice"],
