@@ -56,9 +56,9 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
 # isort: split
 import numpy as np
-import tensorflow as tf
 
 from common import cli, crf, inference, plots, results, voc
+from common.backend import tf
 from common.constants import IGNORE_LABEL
 from common.errors import DatasetError, InputError
 from common.metrics import (

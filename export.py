@@ -47,9 +47,9 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 # isort: split
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common import cli, exported, inference, results, shapes, voc
+from common.backend import tf
 from common.constants import IGNORE_LABEL
 from common.errors import DatasetError, InputError
 from common.layers import pad_to_multiple

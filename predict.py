@@ -50,10 +50,10 @@ from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 # isort: split
 import cv2
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from common import cli, crf, exported, inference, plots, results, voc
+from common.backend import tf
 from common.constants import IMAGE_MEAN
 from common.errors import InputError
 from common.metrics import label_boundaries

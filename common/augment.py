@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
+from common.backend import tf
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 
 

@@ -14,6 +14,7 @@ captured: the capture is printed only if the import fails.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -44,11 +45,47 @@ def quiet_stderr() -> Iterator[None]:
             os.close(saved_stderr)
 
 
-def _import_tensorflow_quietly() -> None:
+@contextlib.contextmanager
+def quiet_tensorflow_start() -> Iterator[None]:
+    """Load TensorFlow in this block without its C++ start-up lines.
+
+    Does nothing when the user has set `TF_CPP_MIN_LOG_LEVEL` (their choice
+    stands) or TensorFlow is already loaded.
+    """
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        yield
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with quiet_stderr():  # The loader's messages are written to fd 2.
+        yield
+
+
+def configured_backend() -> str:
+    """The Keras backend this process will use, read as Keras reads it.
+
+    `KERAS_BACKEND` first, then `backend` in `$KERAS_HOME/keras.json`
+    (default `~/.keras/keras.json`), then TensorFlow, Keras' default. Read
+    without importing Keras, which would load the backend loudly.
+    """
+    if "KERAS_BACKEND" in os.environ:
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    try:
+        with open(os.path.join(home, "keras.json")) as config:
+            return json.load(config).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _import_tensorflow_quietly() -> None:
+    """On the TensorFlow backend Keras imports TensorFlow at once: quietly, here.
+
+    Other backends load it later, and only if something needs it
+    (`common.backend.tf`).
+    """
+    if configured_backend() != "tensorflow":
+        return
+    with quiet_tensorflow_start():
         import tensorflow  # noqa: F401
 
 

@@ -29,8 +29,8 @@ import argparse
 
 import numpy as np
 import scipy.ndimage
-import tensorflow as tf
 
+from common.backend import tf
 from common.errors import InputError
 
 # DeepLab's dense-CRF settings for PASCAL VOC 2012. The papers fix w2 = 3, sg = 3

@@ -18,8 +18,8 @@ import json
 import os
 
 import keras
-import tensorflow as tf
 
+from common.backend import tf
 from common.errors import InputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")

@@ -24,9 +24,9 @@ import json
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from common import console
+from common.backend import tf
 from common.errors import InputError
 
 INSTALL_HINT = "pip install -r requirements-export.txt"

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common import layers  # noqa: F401  (registers the custom layers for loading)
 from common.augment import pad_image
+from common.backend import tf
 from common.constants import IMAGE_MEAN
 from common.errors import InputError
 from common.voc import round_up

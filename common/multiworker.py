@@ -36,9 +36,9 @@ import tempfile
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common import console, distribute
+from common.backend import tf
 from common.constants import IGNORE_LABEL
 from common.losses import SegmentationLoss, segmentation_loss
 from common.metrics import (

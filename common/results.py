@@ -19,9 +19,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common import layers, plots, voc
+from common.backend import tf
 from common.errors import InputError
 from common.metrics import (
     class_average_accuracy,

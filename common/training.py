@@ -36,10 +36,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from common import cli, console, distribute, layers, multiworker, results, voc
 from common.backbones import copy_weights_by_name
+from common.backend import tf
 from common.errors import (
     DatasetError,
     InputError,

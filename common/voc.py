@@ -36,11 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tensorflow as tf
 import tifffile
 from PIL import Image
 
 from common import augment
+from common.backend import tf
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
 

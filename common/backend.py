@@ -1,0 +1,86 @@
+"""Which Keras backend runs this process, and TensorFlow only where it is needed.
+
+Keras 3 runs the same model on TensorFlow, JAX or PyTorch (`KERAS_BACKEND`).
+The models, layers, losses and metrics here speak `keras.ops`, so they run on
+any of them; what only TensorFlow can do (the `tf.data` reader,
+`tf.distribute`, TensorBoard's summaries, export) uses `tf` from this module:
+
+    from common.backend import tf
+
+It is TensorFlow itself, imported (quietly, `common.console`) the first time
+an attribute is read. So `import unet_train` works on a machine with only
+`keras` and `jax` installed, and a JAX run imports TensorFlow only when it
+builds a `tf.data` pipeline. When TensorFlow loads under another backend it
+is kept off the GPUs, which belong to JAX or PyTorch. Where TensorFlow is
+not installed, the first use raises `TensorFlowMissing` naming what needed it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import keras  # noqa: E402  (after console: TensorFlow loads quietly)
+
+from common import console
+
+
+class TensorFlowMissing(ModuleNotFoundError):
+    """TensorFlow is needed for this step and is not installed."""
+
+
+def name() -> str:
+    """The Keras backend of this process: "tensorflow", "jax" or "torch"."""
+    return keras.backend.backend()
+
+
+class _LazyTensorFlow:
+    """`tensorflow`, imported when an attribute is first read."""
+
+    def __getattr__(self, attribute: str):
+        return getattr(_import_tensorflow(attribute), attribute)
+
+    def __repr__(self) -> str:
+        loaded = "loaded" if "tensorflow" in sys.modules else "not loaded yet"
+        return f"<TensorFlow, imported on first use ({loaded})>"
+
+
+def _import_tensorflow(attribute: str):
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    try:
+        with console.quiet_tensorflow_start():
+            module = importlib.import_module("tensorflow")
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow":
+            raise
+        raise TensorFlowMissing(
+            f"TensorFlow is not installed, and tf.{attribute} needs it (the tf.data "
+            "pipeline, tf.distribute, TensorBoard, export): pip install -r "
+            "requirements.txt, or train from a dataset cache (docs/gpu.md)."
+        ) from error
+    if name() != "tensorflow":
+        # The GPUs belong to the backend that trains; tf.data runs on the CPU.
+        module.config.set_visible_devices([], "GPU")
+    return module
+
+
+tf = _LazyTensorFlow()
+
+
+def has_accelerator() -> bool:
+    """Whether this backend computes on a GPU or TPU rather than the CPU."""
+    if name() == "tensorflow":
+        return bool(
+            tf.config.list_logical_devices("GPU")
+            or tf.config.list_logical_devices("TPU")
+        )
+    if name() == "jax":
+        import jax
+
+        return jax.devices()[0].platform != "cpu"
+    if name() == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
