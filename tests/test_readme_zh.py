@@ -10,7 +10,10 @@ section moved from the README to a docs page keeps being checked there.
 
 For every pair of pages (English, Chinese):
 - Every fenced block with a language (```bash) is copied unchanged, and the
-  Chinese page has no such block that the English one lacks.
+  Chinese page has no such block that the English one lacks; the blocks come
+  in the same order, as many on each page.
+- Every command written inline (`python ...`, `bash ...`) in a section's text
+  or tables appears as often in the same section of the twin.
 - The untagged block (the Layout file tree) lists the same paths, in the same
   order, with the same numbers; only its descriptions are translated.
 - Headings come in the same order and at the same levels.
@@ -18,6 +21,7 @@ For every pair of pages (English, Chinese):
   numbers (results, speed and model tables).
 - Every number of a section's text also appears in the same section of the
   other page, in both directions.
+- The README stays a guide: at most README_MAX_LINES lines, the studies in docs/.
 - Each page links to its twin near the top; each docs page starts with a
   one-line title and links back to its README.
 - Each Chinese paragraph is one line (a line break inside Chinese text renders
@@ -51,6 +55,10 @@ HEADING = re.compile(r"^(#+) ")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 # Lines at the top of each page in which the link to its twin must be.
 TOP_LINES = 5
+# Inline code that is a command a reader copies: `python ...`, `bash ...`.
+INLINE_COMMAND = re.compile(r"`((?:python|bash)\s[^`]+)`")
+# The README is the first screen and the learning path; studies go to docs/.
+README_MAX_LINES = 300
 
 
 def chinese_twin(english: str) -> str:
@@ -237,6 +245,65 @@ def test_every_command_block_is_copied_unchanged(pair):
                 f"{chinese} line {block.line}: its ```{block.language} block (first "
                 f"line {first!r}) is not in {english}: remove it or copy {english}'s"
             )
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=pair_id)
+def test_command_blocks_come_in_the_same_order(pair):
+    english_page, chinese_page = pair
+    english = [b for b in fenced_blocks(read(english_page)) if b.language]
+    chinese = [b for b in fenced_blocks(main_text(chinese_page)) if b.language]
+    assert len(chinese) == len(english), (
+        f"{english_page} has {len(english)} command block(s), {chinese_page} "
+        f"has {len(chinese)}"
+    )
+    for block, translated in zip(english, chinese):
+        assert translated.body == block.body, (
+            f"{chinese_page} line {translated.line}: the block here must be "
+            f"{english_page}'s block of line {block.line}, in the same order"
+        )
+
+
+def inline_commands(text: str) -> Counter:
+    """The inline `python ...` and `bash ...` commands of a section, tables too.
+
+    A command wrapped across lines of English text is one line in Chinese text:
+    spaces and line breaks count the same.
+    """
+    return Counter(" ".join(found.split()) for found in INLINE_COMMAND.findall(text))
+
+
+def section_texts(text: str) -> list[tuple[str, int, str]]:
+    """(heading, line, all text outside fenced blocks) for every section."""
+    found: list[tuple[str, int, str]] = []
+    for number, line in lines_outside_fences(text):
+        if HEADING.match(line) or not found:
+            found.append((line if HEADING.match(line) else "", number, ""))
+        heading, start, body = found[-1]
+        found[-1] = (heading, start, body + line + "\n")
+    return found
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=pair_id)
+def test_every_inline_command_appears_in_the_same_section(pair):
+    english_page, chinese_page = pair
+    english = section_texts(read(english_page))
+    chinese = section_texts(main_text(chinese_page))
+    for (heading, line, body), (zh_heading, zh_line, zh_body) in zip(english, chinese):
+        wanted, found = inline_commands(body), inline_commands(zh_body)
+        assert found == wanted, (
+            f"{chinese_page} section {zh_heading!r} (line {zh_line}) lacks "
+            f"{sorted((wanted - found).elements())} of {english_page} section "
+            f"{heading!r} (line {line}) and has {sorted((found - wanted).elements())}"
+        )
+
+
+def test_readme_is_a_guide_not_a_lab_notebook():
+    for page in (ENGLISH, CHINESE):
+        lines = len(main_text(page).splitlines())
+        assert lines <= README_MAX_LINES, (
+            f"{page} has {lines} lines (at most {README_MAX_LINES}): move studies, "
+            "run-by-run tables and timings to a page of docs/ and link it"
+        )
 
 
 def file_tree(body: str) -> list[tuple[str, Counter]]:
