@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import keras
+import ml_dtypes
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
+
+from common import backend
+from common.backend import tf
 
 # Momentum of the moving mean and variance of every batch norm layer that a
 # script trains: `moving = momentum * moving + (1 - momentum) * batch`. With
@@ -65,8 +68,9 @@ class MatmulConv2D(layers.Conv2D):
     (its default on Intel) the forward pass alone 870 ms, 3.8x the 230 ms
     without. The same sum as one large matrix product
     (`shifted_copies_product`) runs near the matmul speed of either library:
-    see `bench/conv_paths.py` for the measurements that set this rule. On a
-    GPU, cuDNN runs the convolution itself.
+    see `bench/conv_paths.py` for the measurements that set this rule. Those
+    were TensorFlow's CPU kernels only: on a GPU (cuDNN) and under JAX or
+    PyTorch (XLA's and ATen's own kernels) the layer is plain `Conv2D`.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -75,7 +79,11 @@ class MatmulConv2D(layers.Conv2D):
         return shifted_copies_product(inputs, kernel, self.dilation_rate)
 
     def _product_is_faster(self, inputs) -> bool:
-        return self._product_applies() and not _has_accelerator()
+        return (
+            backend.name() == "tensorflow"
+            and not backend.has_accelerator()
+            and self._product_applies()
+        )
 
     def _product_applies(self) -> bool:
         return (
@@ -87,28 +95,23 @@ class MatmulConv2D(layers.Conv2D):
         )
 
 
-def _has_accelerator() -> bool:
-    return bool(
-        tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
-    )
-
-
 @keras.saving.register_keras_serializable(package="segmentation")
 class AtrousConv2D(MatmulConv2D):
     """`Conv2D` with holes (DeepLab v1, Sec. 3.1): same weights, config and result.
 
     A 3x3 kernel with dilation rate r reads the input at offsets -r, 0, +r. On
-    a GPU this layer is exactly `Conv2D(dilation_rate=r)` (cuDNN dilates
-    natively). On a CPU, TensorFlow without oneDNN (its default on AMD
-    processors) runs a dilated convolution by space-to-batch: it cuts the map
-    into r x r sub-images of about side/r pixels, convolves each without
-    dilation and reassembles them. When the sub-images are tiny, as for ASPP's
-    rates 12 and 18 on a 16x16 or 32x32 map (v3, Sec. 3.3), the gradient
-    kernels drown in per-image overhead: one rate-18 ASPP branch on a 32x32
-    map took 7.2 s forward and backward for a batch of 2 on 2 cores. In that
-    case this layer computes the same sum as one matrix product instead
-    (`shifted_copies_product`): 1.4 s. Where sub-images keep
-    `MIN_SUBIMAGE_SIDE` pixels or more, space-to-batch is faster and is kept.
+    a GPU, and under JAX or PyTorch, this layer is exactly
+    `Conv2D(dilation_rate=r)` (cuDNN and XLA dilate natively). On a CPU,
+    TensorFlow without oneDNN (its default on AMD processors) runs a dilated
+    convolution by space-to-batch: it cuts the map into r x r sub-images of
+    about side/r pixels, convolves each without dilation and reassembles them.
+    When the sub-images are tiny, as for ASPP's rates 12 and 18 on a 16x16 or
+    32x32 map (v3, Sec. 3.3), the gradient kernels drown in per-image
+    overhead: one rate-18 ASPP branch on a 32x32 map took 7.2 s forward and
+    backward for a batch of 2 on 2 cores. In that case this layer computes the
+    same sum as one matrix product instead (`shifted_copies_product`): 1.4 s.
+    Where sub-images keep `MIN_SUBIMAGE_SIDE` pixels or more, space-to-batch is
+    faster and is kept.
     """
 
     def _product_is_faster(self, inputs) -> bool:
@@ -302,29 +305,65 @@ class CropToMatch(layers.Layer):
 # --------------------------------------------------------------------------
 
 
+def _lowest_value(dtype) -> float:
+    """The lowest finite value of `dtype` (bfloat16 too: `ml_dtypes`, a Keras need)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if "int" in dtype:
+        return int(np.iinfo(dtype).min)
+    return float(ml_dtypes.finfo(dtype).min)
+
+
+def _same_padding(size, pool_size: int):
+    """Rows (or columns) that "same" pooling adds, `(before, after)`: TF's split.
+
+    `(pool_size - size % pool_size) % pool_size` in all, the smaller half
+    first; works for sizes known only at run time.
+    """
+    total = (pool_size - size % pool_size) % pool_size
+    return total // 2, total - total // 2
+
+
+def _interleave(tensors: list, axis: int):
+    """Merge same-shape tensors along `axis`, one row (or column) from each in turn.
+
+    `[a, b]` along the columns (axis 2) gives `a[:, :, 0], b[:, :, 0],
+    a[:, :, 1], ...`: the inverse of slicing `x[:, :, k::2]`, by a stack and a
+    reshape only (no transpose, no scatter: every exporter knows them).
+    """
+    stacked = ops.stack(tensors, axis=axis + 1)  # e.g. (b, h, w, 2, c) for axis 2
+    shape = ops.shape(stacked)
+    merged = shape[axis] * shape[axis + 1]
+    return ops.reshape(stacked, (*shape[:axis], merged, *shape[axis + 2 :]))
+
+
 @keras.saving.register_keras_serializable(package="segmentation")
 class MaxPoolingWithArgmax2D(layers.Layer):
-    """Max pooling that also returns where each maximum came from.
+    """Max pooling that also returns where in its window each maximum was.
 
     SegNet (Badrinarayanan et al. 2017, Sec. 3) stores these "max-pooling
-    indices" in the encoder so that the decoder can put every value back where
-    it was (`MaxUnpooling2D`). Returns `(pooled, indices)`: `pooled` is
-    `(batch, ceil(h/2), ceil(w/2), channels)` like `MaxPooling2D(2,
-    padding="same")`, and `indices` (int64, same shape) holds, for every output
-    value, the flat position `((b * h + y) * w + x) * channels + c` of its
-    maximum in the input. The batch is part of the index, so a batch of any
-    size unpools without extra bookkeeping. "same" padding makes odd sizes
-    work: the last window of an odd row or column holds only one pixel.
+    indices" in the encoder, "the locations of the maximum feature value in
+    each pooling window", two bits per 2x2 window, so that the decoder can put
+    every value back where it was (`MaxUnpooling2D`). Returns
+    `(pooled, indices)`: `pooled` is `(batch, ceil(h/2), ceil(w/2), channels)`
+    like `MaxPooling2D(2, padding="same")`, and `indices` (int32, same shape)
+    holds, for every output value, the row-major position of its maximum
+    inside its window, `dy * pool_size + dx`: 0 to 3 for 2x2 windows. Being
+    local, an index never overflows, whatever the batch or image size. "same"
+    padding makes odd sizes work: the last window of an odd row or column
+    holds only one pixel.
 
     Example, one image, one channel, 2x3 input (channels dropped below):
 
         x = [[1, 5, 2],        pooled  = [[5, 9]]
-             [4, 3, 9]]        indices = [[1, 5]]   (5 is at x[0, 1], 9 at x[1, 2])
+             [4, 3, 9]]        indices = [[1, 2]]   (5 is at (0, 1) of window
+                                                     [[1, 5], [4, 3]], 9 at
+                                                     (1, 0) of [[2, -], [9, -]])
 
-    The result is exactly `tf.nn.max_pool_with_argmax(..., padding="SAME",
-    include_batch_in_index=True)`, ties included (the first maximum in
-    row-major order wins), but built from ops that every exporter knows:
-    LiteRT has no `MaxPoolWithArgmax` kernel. Windows must not overlap
+    The maxima are those of `tf.nn.max_pool_with_argmax(..., padding="SAME")`,
+    ties included: the first maximum in row-major order wins, and +0 ties with
+    -0. The gradient reaches that one element only. Built from element-wise
+    ops that every backend and exporter knows (LiteRT has no
+    `MaxPoolWithArgmax` kernel). Windows must not overlap
     (`strides == pool_size`), or unpooling would add values up.
     """
 
@@ -340,34 +379,34 @@ class MaxPoolingWithArgmax2D(layers.Layer):
 
     def call(self, inputs):
         size = self.pool_size
-        pooled = tf.nn.max_pool2d(inputs, size, size, padding="SAME")
-        # "SAME" pads (size - h % size) % size rows, the smaller half on top;
-        # pad with the lowest value so that padding never wins a window.
-        shape = tf.shape(inputs)
-        pad_h, pad_w = (size - shape[1] % size) % size, (size - shape[2] % size) % size
-        top, left = pad_h // 2, pad_w // 2
-        padded = tf.pad(
-            inputs,
-            [[0, 0], [top, pad_h - top], [left, pad_w - left], [0, 0]],
-            constant_values=inputs.dtype.min,
+        height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
+        padding = [(0, 0), _same_padding(height, size), _same_padding(width, size)]
+        # Padding with the dtype's own lowest finite value (float32's would be
+        # -inf in float16) loses to every real value but one equal to it.
+        padded = ops.pad(
+            inputs, padding + [(0, 0)], constant_values=_lowest_value(inputs.dtype)
         )
-        # The size*size members of every window, side by side, row-major.
-        offsets = [(dy, dx) for dy in range(size) for dx in range(size)]
-        members = tf.stack([padded[:, dy::size, dx::size] for dy, dx in offsets], -1)
-        winner = tf.argmax(members, axis=-1)  # (b, h/size, w/size, c), first max
-        dy = tf.gather(tf.constant([dy for dy, _ in offsets], tf.int64), winner)
-        dx = tf.gather(tf.constant([dx for _, dx in offsets], tf.int64), winner)
-        # Flat index ((b * h + y) * w + x) * c + channel, in int64 throughout.
-        batch, height, width, channels = (
-            tf.shape(inputs, out_type=tf.int64)[i] for i in range(4)
-        )
-        pooled_shape = tf.shape(winner, out_type=tf.int64)
-        top, left = tf.cast(top, tf.int64), tf.cast(left, tf.int64)
-        images = tf.reshape(tf.range(batch), (-1, 1, 1, 1))
-        rows = tf.reshape(tf.range(pooled_shape[1]) * size - top, (1, -1, 1, 1)) + dy
-        cols = tf.reshape(tf.range(pooled_shape[2]) * size - left, (1, 1, -1, 1)) + dx
-        channel = tf.reshape(tf.range(channels), (1, 1, 1, -1))
-        indices = ((images * height + rows) * width + cols) * channels + channel
+        # As in `pad_to_multiple`: restate the channels that run-time paddings
+        # hide from the LiteRT converter, which needs them for the next Conv2D.
+        shape, channels = ops.shape(padded), inputs.shape[-1] or ops.shape(inputs)[3]
+        padded = ops.reshape(padded, (-1, shape[1], shape[2], channels))
+        # The size*size members of every window, row-major, each (b, h/s, w/s, c).
+        members = [
+            padded[:, dy::size, dx::size] for dy in range(size) for dx in range(size)
+        ]
+        maximum = members[0]
+        for member in members[1:]:
+            maximum = ops.maximum(maximum, member)
+        # The first member equal to the maximum wins (not ops.argmax: Keras
+        # ranks -0 below +0, TensorFlow's kernel keeps the first of the two).
+        indices = ops.full_like(maximum, len(members) - 1, dtype="int32")
+        pooled = members[-1]
+        for index in reversed(range(len(members) - 1)):
+            wins = ops.equal(members[index], maximum)
+            indices = ops.where(wins, index, indices)
+            pooled = ops.where(wins, members[index], pooled)
+        # `pooled` selects one member, not `maximum`: so the gradient goes to
+        # the winner only (JAX's max would split it between ties).
         return pooled, indices
 
     def compute_output_spec(self, inputs):
@@ -380,7 +419,7 @@ class MaxPoolingWithArgmax2D(layers.Layer):
         )
         return (
             keras.KerasTensor(shape, dtype=inputs.dtype),
-            keras.KerasTensor(shape, dtype="int64"),
+            keras.KerasTensor(shape, dtype="int32"),
         )
 
     def get_config(self):
@@ -391,7 +430,7 @@ class MaxPoolingWithArgmax2D(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="segmentation")
 class MaxUnpooling2D(layers.Layer):
-    """Put each value back at the position its max-pooling index records.
+    """Put each value back at the position in its window that the index records.
 
     SegNet's decoder upsampling (Badrinarayanan et al. 2017, Sec. 3, Fig. 3):
     the output is zero everywhere except at the positions of the encoder's
@@ -400,32 +439,58 @@ class MaxUnpooling2D(layers.Layer):
     stay where the encoder saw them.
 
     Called on `[values, indices, before_pooling]`: `values` and `indices` have
-    the shape of `MaxPoolingWithArgmax2D`'s outputs, and `before_pooling` is
-    the tensor that was pooled. Only its shape is used, so the output is
-    `(batch, h, w, channels)` exactly, also when h or w is odd (45 rows pool
-    to 23 and unpool to 45 again, not 46). Gradients flow to `values` only:
-    each output position passes its gradient back to the value it came from.
+    the shape of `MaxPoolingWithArgmax2D`'s outputs (pooled with the same
+    `pool_size`), and `before_pooling` is the tensor that was pooled. Only its
+    shape is used, so the output is `(batch, h, w, channels)` exactly, also
+    when h or w is odd (45 rows pool to 23 and unpool to 45 again, not 46).
+    Gradients flow to `values` only: each output position passes its
+    gradient back to the value it came from.
+
+    Dense, without a scatter: window position k of every window holds
+    `where(indices == k, values, 0)`, and the `pool_size**2` such maps are
+    interleaved back into rows and columns, then cropped to `before_pooling`.
 
     Example, continuing `MaxPoolingWithArgmax2D`'s (channels dropped):
 
         values  = [[5, 9]]    ->   [[0, 5, 0],
-        indices = [[1, 5]]          [0, 0, 9]]   (the 2x3 shape of x)
+        indices = [[1, 2]]          [0, 0, 9]]   (the 2x3 shape of x)
     """
+
+    def __init__(self, pool_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = pool_size
 
     def call(self, inputs):
         values, indices, before_pooling = inputs
-        output_shape = tf.shape(before_pooling, out_type=tf.int64)
-        # The indices count the batch too, so one flat scatter does every image.
-        flat = tf.scatter_nd(
-            tf.reshape(indices, (-1, 1)),
-            tf.reshape(values, (-1,)),
-            shape=tf.reduce_prod(output_shape, keepdims=True),
-        )
-        return tf.reshape(flat, output_shape)
+        size = self.pool_size
+        self._check_pooled_shape(values.shape, before_pooling.shape)
+        rows = [
+            _interleave(
+                [ops.where(indices == dy * size + dx, values, 0) for dx in range(size)],
+                axis=2,
+            )
+            for dy in range(size)
+        ]  # size tensors (b, h/s, w, c): window row dy of every window
+        unpooled = _interleave(rows, axis=1)  # (b, h + padding, w + padding, c)
+        height, width = ops.shape(before_pooling)[1], ops.shape(before_pooling)[2]
+        top, left = _same_padding(height, size)[0], _same_padding(width, size)[0]
+        return unpooled[:, top : top + height, left : left + width]
+
+    def _check_pooled_shape(self, values_shape, before_pooling_shape) -> None:
+        for pooled, side in zip(values_shape[1:3], before_pooling_shape[1:3]):
+            if None not in (pooled, side) and pooled != -(-side // self.pool_size):
+                raise ValueError(
+                    f"values of shape {tuple(values_shape)} are not "
+                    f"{tuple(before_pooling_shape)} pooled by {self.pool_size}: "
+                    "give MaxUnpooling2D the pool_size of its MaxPoolingWithArgmax2D."
+                )
 
     def compute_output_shape(self, input_shapes):
-        _, _, before_pooling_shape = input_shapes
-        return tuple(before_pooling_shape)
+        values_shape, _, before_pooling_shape = input_shapes
+        return (*before_pooling_shape[:3], values_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
 
 
 # Bilinear upsampling initializer (FCN: Long et al. 2015, Sec. 3.3)
@@ -549,8 +614,9 @@ class ResizeLike(layers.Layer):
     feature map, the encoder output to the decoder's stride-4 features, and the
     logits to the input image. Taking the target size from a tensor at run
     time, instead of a factor fixed when the model is built, lets one model
-    take 513x513, 512x512 and 500x375 images alike. Keras resizes with
-    half-pixel centres (`align_corners=False`).
+    take 513x513, 512x512 and 500x375 images alike. Every backend resizes
+    with half-pixel centres (`align_corners=False`) and without antialiasing,
+    so the results agree.
 
     Example: a (2, 33, 33, 21) tensor resized like a (2, 513, 513, 3) one
     comes out as (2, 513, 513, 21).
@@ -562,10 +628,14 @@ class ResizeLike(layers.Layer):
 
     def call(self, inputs):
         tensor, reference = inputs
-        # tf.image.resize, not keras.ops.image.resize: the latter checks
-        # `size > 0` in Python, which fails when the size is only known at run time.
         size = ops.shape(reference)[1:3]
-        resized = tf.image.resize(tensor, size, method=self.interpolation)
+        if backend.name() == "tensorflow":
+            # keras.ops.image.resize checks `size > 0` in Python, which fails
+            # in a TensorFlow graph where the size is known only at run time.
+            resized = tf.image.resize(tensor, size, method=self.interpolation)
+        else:
+            # JAX and PyTorch trace with static shapes: `size` holds ints.
+            resized = ops.image.resize(tensor, size, interpolation=self.interpolation)
         return ops.cast(resized, self.compute_dtype)
 
     def compute_output_shape(self, input_shapes):

@@ -43,7 +43,7 @@ import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
-from keras import layers
+from keras import layers, ops
 
 import segnet_train
 from common import shapes, voc
@@ -94,11 +94,11 @@ print(f"{DATASET} in {DATA_DIR}; outputs in {OUTPUT_DIR}")
 # ## Max pooling that remembers where
 #
 # A 4 x 4 single-channel array, pooled 2 x 2. `MaxPoolingWithArgmax2D` returns the
-# pooled values, like `MaxPooling2D`, **and** for each one the flat position of its
-# maximum in the input, `((batch * height + row) * width + column) * channels +
-# channel` (TensorFlow's `max_pool_with_argmax`, batch included). What to look for:
-# `np.unravel_index` turns each index back into the (row, column) of the maximum of
-# its window, and the value there is the pooled value.
+# pooled values, like `MaxPooling2D`, **and** for each one the position of its
+# maximum inside its 2 x 2 window, `row * 2 + column`: 0 to 3, the paper's "two bits
+# per window". What to look for: adding the window's corner turns each index back
+# into the (row, column) of the maximum in the input, and the value there is the
+# pooled value.
 
 # %%
 array = np.array(
@@ -112,10 +112,12 @@ array = np.array(
 )
 batch = array[None, :, :, None]  # (batch 1, 4, 4, channel 1)
 pooled, indices = MaxPoolingWithArgmax2D()(batch)
-pooled, indices = pooled.numpy()[0, :, :, 0], indices.numpy()[0, :, :, 0]
+pooled = ops.convert_to_numpy(pooled)[0, :, :, 0]
+indices = ops.convert_to_numpy(indices)[0, :, :, 0]
 print("pooled:\n", pooled)
-print("indices (flat):\n", indices)
-rows, columns = np.unravel_index(indices, array.shape)
+print("indices (inside each window):\n", indices)
+corner_rows, corner_columns = np.indices(indices.shape) * 2
+rows, columns = corner_rows + indices // 2, corner_columns + indices % 2
 for value, row, column in zip(pooled.ravel(), rows.ravel(), columns.ravel()):
     assert array[row, column] == value
     print(f"  {value:.0f} came from ({row}, {column})")
@@ -135,8 +137,8 @@ for value, row, column in zip(pooled.ravel(), rows.ravel(), columns.ravel()):
 # %%
 decoder_values = np.array([[10, 20], [30, 40]], dtype="float32")[None, :, :, None]
 unpooled = MaxUnpooling2D()([decoder_values, indices[None, :, :, None], batch])
-unpooled = unpooled.numpy()[0, :, :, 0]
-repeated = layers.UpSampling2D(2)(decoder_values).numpy()[0, :, :, 0]
+unpooled = ops.convert_to_numpy(unpooled)[0, :, :, 0]
+repeated = ops.convert_to_numpy(layers.UpSampling2D(2)(decoder_values))[0, :, :, 0]
 print("unpooled with the indices:\n", unpooled)
 print("UpSampling2D:\n", repeated)
 
@@ -173,12 +175,12 @@ plt.show()
 # %%
 odd = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype("float32")
 odd_pooled, odd_indices = MaxPoolingWithArgmax2D()(odd)
-odd_back = MaxUnpooling2D()([odd_pooled, odd_indices, odd])
-print(odd.shape, "->", tuple(odd_pooled.shape), "->", tuple(odd_back.shape))
-kept = odd_back.numpy() != 0
+odd_back = ops.convert_to_numpy(MaxUnpooling2D()([odd_pooled, odd_indices, odd]))
+print(odd.shape, "->", tuple(odd_pooled.shape), "->", odd_back.shape)
+kept = odd_back != 0
 print(
     "every nonzero unpooled value is the input value there:",
-    np.array_equal(odd_back.numpy()[kept], odd[kept]),
+    np.array_equal(odd_back[kept], odd[kept]),
 )
 
 # %% [markdown]

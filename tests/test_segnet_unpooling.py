@@ -1,4 +1,9 @@
-"""MaxPoolingWithArgmax2D and MaxUnpooling2D: SegNet's upsampling, pinned exactly."""
+"""MaxPoolingWithArgmax2D and MaxUnpooling2D: SegNet's upsampling, pinned exactly.
+
+Against a numpy reference, on every Keras backend; the comparisons with
+TensorFlow's own kernel (ties, signed zeros, gradients, half precision) are in
+`test_layers_backends.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 from common.layers import MaxPoolingWithArgmax2D, MaxUnpooling2D
+
+pytestmark = pytest.mark.backends
 
 # Even, odd and CamVid-like (45 rows = 360 after three poolings) sizes, batch > 1.
 SHAPES = [(2, 4, 6, 3), (3, 5, 7, 2), (2, 45, 60, 4), (1, 1, 1, 1)]
@@ -38,33 +45,38 @@ def pool_unpool(x):
 def test_unpooling_puts_each_maximum_back_and_zeros_elsewhere(shape):
     # Continuous random values: ties have probability zero.
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    unpooled = pool_unpool(tf.constant(x)).numpy()
+    unpooled = ops.convert_to_numpy(pool_unpool(x))
     expected = max_positions(x)
     assert unpooled.shape == x.shape
     np.testing.assert_array_equal(unpooled != 0, expected)
     np.testing.assert_array_equal(unpooled[expected], x[expected])
 
 
-@pytest.mark.parametrize("shape", SHAPES[:3])
-def test_gradient_reaches_the_maxima_only(shape):
-    rng = np.random.default_rng(1)
-    x = tf.constant(rng.normal(size=shape).astype("float32"))
-    weights = rng.normal(size=shape).astype("float32")
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        total = tf.reduce_sum(pool_unpool(x) * weights)
-    gradient = tape.gradient(total, x).numpy()
-    expected = np.where(max_positions(x.numpy()), weights, 0.0)
-    np.testing.assert_allclose(gradient, expected, rtol=1e-6)
-
-
 def test_docstring_example():
-    x = tf.constant([[1.0, 5.0, 2.0], [4.0, 3.0, 9.0]])[None, :, :, None]
+    x = np.array([[1.0, 5.0, 2.0], [4.0, 3.0, 9.0]], "float32")[None, :, :, None]
     pooled, indices = MaxPoolingWithArgmax2D()(x)
-    np.testing.assert_array_equal(pooled.numpy()[0, :, :, 0], [[5, 9]])
-    np.testing.assert_array_equal(indices.numpy()[0, :, :, 0], [[1, 5]])
-    unpooled = MaxUnpooling2D()([pooled, indices, x])
-    np.testing.assert_array_equal(unpooled.numpy()[0, :, :, 0], [[0, 5, 0], [0, 0, 9]])
+    np.testing.assert_array_equal(ops.convert_to_numpy(pooled)[0, :, :, 0], [[5, 9]])
+    np.testing.assert_array_equal(ops.convert_to_numpy(indices)[0, :, :, 0], [[1, 2]])
+    unpooled = ops.convert_to_numpy(MaxUnpooling2D()([pooled, indices, x]))
+    np.testing.assert_array_equal(unpooled[0, :, :, 0], [[0, 5, 0], [0, 0, 9]])
+
+
+@pytest.mark.parametrize("pool_size", [2, 3])
+def test_indices_are_positions_inside_the_window(pool_size):
+    """`dy * pool_size + dx`, whatever the batch, row, column or channel."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 7, 8, 2)).astype("float32")
+    _, indices = MaxPoolingWithArgmax2D(pool_size, pool_size)(x)
+    indices = ops.convert_to_numpy(indices)
+    # "same" pads (pool_size - side % pool_size) % pool_size, the smaller half first.
+    totals = [-side % pool_size for side in (7, 8)]
+    pads = [(total // 2, total - total // 2) for total in totals]
+    padded = np.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-9)
+    windows = padded.reshape(
+        3, -1, pool_size, padded.shape[2] // pool_size, pool_size, 2
+    )
+    expected = windows.transpose(0, 1, 3, 5, 2, 4).reshape(*indices.shape, -1)
+    np.testing.assert_array_equal(indices, np.argmax(expected, axis=-1))
 
 
 def small_unpooling_model() -> keras.Model:
@@ -80,7 +92,7 @@ def small_unpooling_model() -> keras.Model:
 def test_model_with_dynamic_batch_and_size_saves_and_reloads(tmp_path):
     model = small_unpooling_model()
     pooled, indices = model.get_layer("pool").output
-    assert indices.dtype == "int64"
+    assert indices.dtype == "int32"
     assert model.output_shape == (None, None, None, 3)
     path = os.path.join(tmp_path, "unpool.keras")
     model.save(path)
@@ -97,54 +109,22 @@ def test_get_config_round_trip():
     layer = MaxPoolingWithArgmax2D(pool_size=3, strides=3, name="p")
     clone = MaxPoolingWithArgmax2D.from_config(layer.get_config())
     assert (clone.pool_size, clone.strides, clone.name) == (3, 3, "p")
-    assert MaxUnpooling2D.from_config(MaxUnpooling2D(name="u").get_config()).name == "u"
+    unpooling = MaxUnpooling2D.from_config(MaxUnpooling2D(3, name="u").get_config())
+    assert (unpooling.pool_size, unpooling.name) == (3, "u")
 
 
-# --------------------------------------------------------------------------
-# SegNet's pooling indices from built-in ops: the same numbers as TF's kernel
-# --------------------------------------------------------------------------
+def test_config_saved_before_pool_size_existed_loads_as_two():
+    """SegNet's .keras files from before have no `pool_size` in the unpooling."""
+    config = MaxUnpooling2D(name="u").get_config()
+    del config["pool_size"]
+    assert MaxUnpooling2D.from_config(config).pool_size == 2
 
 
-@pytest.mark.parametrize("pool_size", [2, 3])
-@pytest.mark.parametrize("shape", [(2, 4, 6, 3), (3, 5, 7, 2), (2, 45, 61, 4)])
-@pytest.mark.parametrize("ties", [False, True])
-def test_pooling_equals_max_pool_with_argmax(shape, pool_size, ties):
-    """Values, indices and gradients as `tf.nn.max_pool_with_argmax`, ties too.
-
-    Rounded ReLU-like inputs have many equal maxima in a window (all zeros):
-    the first in row-major order must win, as in TensorFlow's kernel.
-    """
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=shape).astype("float32")
-    if ties:
-        x = np.maximum(np.round(x), 0)
-    x = tf.constant(x)
-    weights = tf.constant(rng.normal(size=(1,) + shape[1:]).astype("float32"))
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(x)
-        expected, expected_indices = tf.nn.max_pool_with_argmax(
-            x, pool_size, pool_size, "SAME", include_batch_in_index=True
-        )
-        pooled, indices = MaxPoolingWithArgmax2D(pool_size, pool_size)(x)
-        unpooled = MaxUnpooling2D()([pooled, indices, x])
-        loss = tf.reduce_sum(unpooled * weights)
-        expected_loss = tf.reduce_sum(
-            tf.reshape(
-                tf.scatter_nd(
-                    tf.reshape(expected_indices, (-1, 1)),
-                    tf.reshape(expected, (-1,)),
-                    [int(np.prod(shape))],
-                ),
-                shape,
-            )
-            * weights
-        )
-    np.testing.assert_array_equal(pooled, expected)
-    np.testing.assert_array_equal(indices, expected_indices)
-    assert indices.dtype == tf.int64
-    np.testing.assert_array_equal(
-        tape.gradient(loss, x), tape.gradient(expected_loss, x)
-    )
+def test_unpooling_with_another_pool_size_is_refused():
+    x = np.zeros((1, 9, 9, 1), "float32")
+    pooled, indices = MaxPoolingWithArgmax2D(3, 3)(x)
+    with pytest.raises(ValueError, match="pool_size"):
+        MaxUnpooling2D()([pooled, indices, x])
 
 
 def test_overlapping_windows_are_refused():
