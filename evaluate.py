@@ -230,8 +230,9 @@ class ImageScores:
     ) -> None:
         """image uint8 `(h, w, 3)`; mask `(h, w)`, void 255; logits or softmax
         `(h, w, C)`, at the image's own size."""
-        matrix = confusion_counts(mask[None], logits[None], len(self.class_names))
-        ious = per_class_iou(matrix).numpy()
+        counts = confusion_counts(mask[None], logits[None], len(self.class_names))
+        matrix = np.asarray(counts)  # Scored in float64 on every backend.
+        ious = per_class_iou(matrix)
         scored = np.sum(matrix) > 0  # Not all void.
         row = {
             "image": os.path.splitext(os.path.basename(image_path))[0],
@@ -336,7 +337,7 @@ def confusion_plain(
         metric.update_state(mask[None], logits[None])
         if image_scores is not None:
             image_scores.add(image_path, image, mask, logits)
-    return metric.matrix.numpy()
+    return metric.matrix
 
 
 def confusion_per_image(
@@ -402,7 +403,7 @@ def confusion_per_image(
             metric.update_state(masks[band][None], outputs[method][None])
         if image_scores is not None:
             image_scores.add(image_path, image, mask, outputs["network"])
-    return {key: metric.matrix.numpy() for key, metric in metrics.items()}
+    return {key: metric.matrix for key, metric in metrics.items()}
 
 
 def trimap_table(matrices: dict, widths: Sequence[int], with_crf: bool) -> str:

@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         for (method, band), metric in metrics.items():
             metric.update_state(masks[band][None], outputs[method][None])
 
-    scores = {key: float(mean_iou(m.matrix.numpy())) for key, m in metrics.items()}
+    scores = {key: float(mean_iou(m.matrix)) for key, m in metrics.items()}
     print(f"{len(pairs)} images of {args.data_dir} {args.split}, {device_name()}")
     print(f"{'pixels scored':<22}{'without CRF':>12}{'with CRF':>10}{'gain':>8}")
     for band in BANDS:

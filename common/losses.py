@@ -14,8 +14,10 @@ from collections.abc import Mapping
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from common import backend
+from common.backend import tf
 from common.constants import IGNORE_LABEL, LOSS_TERMS
 
 
@@ -76,9 +78,7 @@ class SegmentationLoss(keras.losses.Loss):
         self.terms = {term: float(weight) for term, weight in terms.items()}
         self.gamma = float(gamma)
 
-    def sums_and_counts(
-        self, labels, logits, sample_weight=None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    def sums_and_counts(self, labels, logits, sample_weight=None) -> tuple:
         """Each term's weighted sum and the count that makes it a mean.
 
         labels (batch, h, w) with void 255; logits (batch, h, w, classes).
@@ -92,8 +92,8 @@ class SegmentationLoss(keras.losses.Loss):
         sums, counts = zip(
             *(self.term_sum_and_count(term, *pixels) for term in self.terms)
         )
-        weights = tf.constant(list(self.terms.values()), tf.float32)
-        return weights * tf.stack(sums), tf.stack(counts)
+        weights = ops.convert_to_tensor(list(self.terms.values()), "float32")
+        return weights * ops.stack(sums), ops.stack(counts)
 
     def term_sum_and_count(self, term, logits, truth, valid, pixel_weights):
         if term == "ce":
@@ -107,22 +107,27 @@ class SegmentationLoss(keras.losses.Loss):
     def __call__(self, y_true, y_pred, sample_weight=None):
         """The loss of this replica's batch, divided by the number of replicas.
 
-        Under tf.distribute, Keras sums the replicas' gradients, and scales
-        its own losses by 1 / replicas for that (`scale_loss_for_distribution`
-        in keras/src/losses/loss.py); a Loss whose `call` returned one number
-        would skip it, so this one does it itself. With equal batches per
+        Under tf.distribute (TensorFlow only), Keras sums the replicas'
+        gradients, and scales its own losses by 1 / replicas for that
+        (`scale_loss_for_distribution` in keras/src/losses/loss.py); a Loss
+        whose `call` returned one number would skip it, so this one does it
+        itself. With equal batches per
         replica, ce, focal and lovasz_image then give the mean of the global
-        batch; dice and lovasz the mean of the replicas' values.
+        batch; dice and lovasz the mean of the replicas' values. JAX's
+        `keras.distribution` compiles one step for the global batch, so the
+        loss already sees all of it there.
         """
         sums, counts = self.sums_and_counts(y_true, y_pred, sample_weight)
-        loss = tf.reduce_sum(tf.math.divide_no_nan(sums, counts))
-        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+        loss = ops.sum(ops.divide_no_nan(sums, counts))
+        if backend.name() == "tensorflow":
+            loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+        return loss
 
     def get_config(self) -> dict:
         return {"name": self.name, "terms": dict(self.terms), "gamma": self.gamma}
 
 
-def flat_pixels(labels, logits, sample_weight=None) -> tuple[tf.Tensor, ...]:
+def flat_pixels(labels, logits, sample_weight=None) -> tuple:
     """A batch as rows of pixels, in float32, with void masked out.
 
     labels (batch, h, w) or (batch, h, w, 1), void 255; logits (batch, h, w,
@@ -131,37 +136,34 @@ def flat_pixels(labels, logits, sample_weight=None) -> tuple[tf.Tensor, ...]:
     shape, all zero on void; valid (batch, pixels): 1 on non-void pixels, else
     0; pixel_weights (batch, pixels): sample_weight (or 1), 0 on void.
     """
-    logits = tf.cast(logits, tf.float32)  # Mixed precision: no float16 sums.
-    batch, num_classes = tf.shape(logits)[0], logits.shape[-1]
-    logits = tf.reshape(logits, [batch, -1, num_classes])
-    labels = tf.reshape(tf.cast(labels, tf.int32), [batch, -1])
-    valid = tf.cast(labels != IGNORE_LABEL, tf.float32)
-    truth = tf.one_hot(labels, num_classes)  # 255 is past the last class: zeros.
+    logits = ops.cast(logits, "float32")  # Mixed precision: no half-float sums.
+    batch, num_classes = ops.shape(logits)[0], logits.shape[-1]
+    logits = ops.reshape(logits, (batch, -1, num_classes))
+    labels = ops.reshape(ops.cast(labels, "int32"), (batch, -1))
+    is_valid = ops.not_equal(labels, IGNORE_LABEL)
+    valid = ops.cast(is_valid, "float32")
+    # 255 is past the last class: PyTorch's one_hot raises on it, so void
+    # becomes class 0 and its row is zeroed.
+    truth = ops.one_hot(ops.where(is_valid, labels, 0), num_classes)
+    truth = truth * valid[..., None]
     pixel_weights = valid
     if sample_weight is not None:
-        pixel_weights *= tf.reshape(tf.cast(sample_weight, tf.float32), [batch, -1])
+        sample_weight = ops.cast(sample_weight, "float32")
+        pixel_weights = pixel_weights * ops.reshape(sample_weight, (batch, -1))
     return logits, truth, valid, pixel_weights
 
 
-def cross_entropy(
-    logits: tf.Tensor, truth: tf.Tensor, valid: tf.Tensor, pixel_weights: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
+def cross_entropy(logits, truth, valid, pixel_weights) -> tuple:
     """Sum of weight x -log p(true class), and the non-void pixel count.
 
     Their ratio is `segmentation_loss()`'s value: Keras' sample weights scale
     each pixel's term, but the mean still divides by the pixels.
     """
-    pixel_losses = -tf.reduce_sum(truth * tf.nn.log_softmax(logits), axis=-1)
-    return tf.reduce_sum(pixel_weights * pixel_losses), tf.reduce_sum(valid)
+    pixel_losses = -ops.sum(truth * ops.log_softmax(logits), axis=-1)
+    return ops.sum(pixel_weights * pixel_losses), ops.sum(valid)
 
 
-def focal(
-    logits: tf.Tensor,
-    truth: tf.Tensor,
-    valid: tf.Tensor,
-    pixel_weights: tf.Tensor,
-    gamma: float = 2.0,
-) -> tuple[tf.Tensor, tf.Tensor]:
+def focal(logits, truth, valid, pixel_weights, gamma: float = 2.0) -> tuple:
     """Focal loss, -(1 - p_t)^gamma log p_t (Lin et al. 2017, Sec. 3.2, Eq. 4).
 
     p_t is the softmax probability of the true class. Pixels the network
@@ -171,15 +173,13 @@ def focal(
     The paper's alpha balancing is a class weight, which --class-weighting
     supplies. Returns the sum and the non-void pixel count.
     """
-    log_p = tf.reduce_sum(truth * tf.nn.log_softmax(logits), axis=-1)
+    log_p = ops.sum(truth * ops.log_softmax(logits), axis=-1)
     # The floor keeps x^gamma's gradient finite at x = 0 (p_t = 1, void).
-    modulation = tf.pow(tf.maximum(1.0 - tf.exp(log_p), 1e-12), gamma)
-    return tf.reduce_sum(pixel_weights * -modulation * log_p), tf.reduce_sum(valid)
+    modulation = ops.power(ops.maximum(1.0 - ops.exp(log_p), 1e-12), gamma)
+    return ops.sum(pixel_weights * -modulation * log_p), ops.sum(valid)
 
 
-def soft_dice(
-    logits: tf.Tensor, truth: tf.Tensor, pixel_weights: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
+def soft_dice(logits, truth, pixel_weights) -> tuple:
     """1 - the mean soft Dice 2 sum(p g) / sum(p + g) of the classes present.
 
     Dice (= 2 IoU / (1 + IoU)) with the softmax probabilities p in place of
@@ -193,18 +193,16 @@ def soft_dice(
     false positives still cost: they take probability from a present class.
     Returns (the loss, 1), or (0, 0) for a batch without non-void pixels.
     """
-    weights = pixel_weights[..., tf.newaxis]
-    probabilities = tf.nn.softmax(logits) * weights  # 0 on void.
-    intersection = tf.reduce_sum(probabilities * truth, axis=[0, 1])  # (classes,)
-    sizes = tf.reduce_sum(probabilities + truth * weights, axis=[0, 1])
-    present = tf.reduce_sum(truth * weights, axis=[0, 1]) > 0
-    dice = tf.math.divide_no_nan(2.0 * intersection, sizes)
+    weights = pixel_weights[..., None]
+    probabilities = ops.softmax(logits) * weights  # 0 on void.
+    intersection = ops.sum(probabilities * truth, axis=(0, 1))  # (classes,)
+    sizes = ops.sum(probabilities + truth * weights, axis=(0, 1))
+    present = ops.sum(truth * weights, axis=(0, 1)) > 0
+    dice = ops.divide_no_nan(2.0 * intersection, sizes)
     return mean_over_present(1.0 - dice, present)
 
 
-def lovasz_softmax(
-    logits: tf.Tensor, truth: tf.Tensor, valid: tf.Tensor, per_image: bool
-) -> tuple[tf.Tensor, tf.Tensor]:
+def lovasz_softmax(logits, truth, valid, per_image: bool) -> tuple:
     """Lovász-softmax (Berman, Rannen Triki & Blaschko, CVPR 2018).
 
     For each class c, the pixel errors m_i = |g_i - p_i(c)| go through the
@@ -227,21 +225,22 @@ def lovasz_softmax(
     Returns (the sum over images, the images with a non-void pixel).
     """
     if not per_image:  # The batch as one image.
-        logits = tf.reshape(logits, [1, -1, logits.shape[-1]])
-        truth = tf.reshape(truth, [1, -1, truth.shape[-1]])
-        valid = tf.reshape(valid, [1, -1])
-    errors = tf.abs(truth - tf.nn.softmax(logits))
-    errors = tf.where(valid[..., tf.newaxis] > 0, errors, -1.0)
-    errors = tf.transpose(errors, [0, 2, 1])  # (images, classes, pixels)
-    errors_sorted, order = tf.math.top_k(errors, k=tf.shape(errors)[-1])
-    truth_sorted = tf.gather(tf.transpose(truth, [0, 2, 1]), order, batch_dims=2)
-    valid_sorted = tf.cast(errors_sorted >= 0, tf.float32)
+        logits = ops.reshape(logits, (1, -1, logits.shape[-1]))
+        truth = ops.reshape(truth, (1, -1, truth.shape[-1]))
+        valid = ops.reshape(valid, (1, -1))
+    errors = ops.abs(truth - ops.softmax(logits))
+    errors = ops.where(valid[..., None] > 0, errors, -1.0)
+    errors = ops.transpose(errors, (0, 2, 1))  # (images, classes, pixels)
+    # A full sort by top_k: static under JAX, and what XLA compiles best.
+    errors_sorted, order = ops.top_k(errors, k=ops.shape(errors)[-1])
+    truth_sorted = ops.take_along_axis(ops.transpose(truth, (0, 2, 1)), order, -1)
+    valid_sorted = ops.cast(errors_sorted >= 0, "float32")
     gradient = lovasz_gradient(truth_sorted, valid_sorted)
-    class_losses = tf.reduce_sum(errors_sorted * gradient, axis=-1)  # (images, classes)
-    return mean_over_present(class_losses, tf.reduce_sum(truth, axis=1) > 0)
+    class_losses = ops.sum(errors_sorted * gradient, axis=-1)  # (images, classes)
+    return mean_over_present(class_losses, ops.sum(truth, axis=1) > 0)
 
 
-def lovasz_gradient(truth_sorted: tf.Tensor, valid_sorted: tf.Tensor) -> tf.Tensor:
+def lovasz_gradient(truth_sorted, valid_sorted):
     """Alg. 1 of Berman et al.: the Jaccard loss of the first k pixels, differenced.
 
     truth_sorted, valid_sorted: (..., pixels) 0/1, in order of decreasing
@@ -249,31 +248,27 @@ def lovasz_gradient(truth_sorted: tf.Tensor, valid_sorted: tf.Tensor) -> tf.Tens
     (foreground left) / (foreground + background taken); entry k is how much
     1 - IoU grows with pixel k. Void pixels leave both counts alone: 0.
     """
-    foreground = tf.reduce_sum(truth_sorted, axis=-1, keepdims=True)
-    intersection = foreground - tf.cumsum(truth_sorted, axis=-1)
-    union = foreground + tf.cumsum(valid_sorted - truth_sorted, axis=-1)
-    jaccard_loss = 1.0 - tf.math.divide_no_nan(intersection, union)
-    previous = tf.concat(
-        [tf.zeros_like(jaccard_loss[..., :1]), jaccard_loss[..., :-1]], -1
+    foreground = ops.sum(truth_sorted, axis=-1, keepdims=True)
+    intersection = foreground - ops.cumsum(truth_sorted, axis=-1)
+    union = foreground + ops.cumsum(valid_sorted - truth_sorted, axis=-1)
+    jaccard_loss = 1.0 - ops.divide_no_nan(intersection, union)
+    previous = ops.concatenate(
+        [ops.zeros_like(jaccard_loss[..., :1]), jaccard_loss[..., :-1]], axis=-1
     )
     return jaccard_loss - previous
 
 
-def mean_over_present(
-    class_losses: tf.Tensor, present: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
+def mean_over_present(class_losses, present) -> tuple:
     """Per row (image), the mean of `class_losses` over its `present` classes.
 
     class_losses, present: (..., classes). Returns the sum of the row means
     and the number of rows with a present class (float32 scalars); a row
     without one gives 0 and is not counted.
     """
-    present = tf.cast(present, tf.float32)
-    classes = tf.reduce_sum(present, axis=-1)
-    row_losses = tf.math.divide_no_nan(
-        tf.reduce_sum(class_losses * present, -1), classes
-    )
-    return tf.reduce_sum(row_losses), tf.reduce_sum(tf.cast(classes > 0, tf.float32))
+    present = ops.cast(present, "float32")
+    classes = ops.sum(present, axis=-1)
+    row_losses = ops.divide_no_nan(ops.sum(class_losses * present, axis=-1), classes)
+    return ops.sum(row_losses), ops.sum(ops.cast(classes > 0, "float32"))
 
 
 def median_frequency_weights(

@@ -22,9 +22,15 @@ from collections.abc import Sequence
 import cv2
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from common.constants import IGNORE_LABEL
+
+# The metric counts in two int32 parts, count = high * COUNT_BASE + low with
+# low < COUNT_BASE: JAX has no int64 (without x64), and an int32 count wraps
+# at 2**31 pixels, which VOC's val split passes in one epoch. 2**24 keeps the
+# low part exact in float32, and a sum of 128 replicas' low parts in int32.
+COUNT_BASE = 2**24
 
 
 class ConfusionMatrix(keras.metrics.Metric):
@@ -34,7 +40,9 @@ class ConfusionMatrix(keras.metrics.Metric):
     weights (which are class-balancing weights when a loss uses them) and
     accumulates in float32, which stops counting exactly past 2**24 pixels per
     cell (VOC val has about 2.6e8 pixels). This metric counts every non-void
-    pixel once, in int64. Rows are ground truth, columns predictions.
+    pixel once, exactly, on every backend: in two int32 variables (see
+    `COUNT_BASE`), which `matrix` joins into int64. Rows are ground truth,
+    columns predictions.
 
     Args:
         num_classes: number of classes (void excluded).
@@ -51,24 +59,43 @@ class ConfusionMatrix(keras.metrics.Metric):
         super().__init__(name=name, **kwargs)
         self.num_classes = num_classes
         self.ignore_label = ignore_label
-        self.matrix = self.add_variable(
-            shape=(num_classes, num_classes),
-            initializer="zeros",
-            dtype="int64",
-            name="confusion_matrix",
+        self.low, self.high = (
+            self.add_variable(
+                shape=(num_classes, num_classes),
+                initializer="zeros",
+                dtype="int32",
+                name=f"counts_{part}",
+            )
+            for part in ("low", "high")
         )
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The exact counts, int64 numpy `(num_classes, num_classes)`."""
+        high = ops.convert_to_numpy(self.high).astype(np.int64)
+        return high * COUNT_BASE + ops.convert_to_numpy(self.low)
+
+    def set_matrix(self, matrix) -> None:
+        """Make the counts `matrix` (int `(num_classes, num_classes)`)."""
+        high, low = np.divmod(np.asarray(matrix, np.int64), COUNT_BASE)
+        self.high.assign(high.astype(np.int32))
+        self.low.assign(low.astype(np.int32))
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """y_true: `(B, H, W)` labels; y_pred: `(B, H, W, C)` logits. Weights unused."""
-        self.matrix.assign_add(
-            confusion_counts(y_true, y_pred, self.num_classes, self.ignore_label)
-        )
+        counts = confusion_counts(y_true, y_pred, self.num_classes, self.ignore_label)
+        # Each part of the sum stays below 2**31: low + low < 2 * COUNT_BASE.
+        low = self.low + counts % COUNT_BASE
+        self.high.assign_add(counts // COUNT_BASE + low // COUNT_BASE)
+        self.low.assign(low % COUNT_BASE)
 
     def result(self):
-        return tf.cast(mean_iou(tf.convert_to_tensor(self.matrix)), tf.float32)
+        high = ops.cast(self.high, "float32")
+        return mean_iou(high * COUNT_BASE + ops.cast(self.low, "float32"))
 
     def reset_state(self):
-        self.matrix.assign(tf.zeros_like(self.matrix))
+        for variable in self.variables:
+            variable.assign(ops.zeros(variable.shape, variable.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -78,65 +105,83 @@ class ConfusionMatrix(keras.metrics.Metric):
 
 def confusion_counts(
     y_true, y_pred, num_classes: int, ignore_label: int = IGNORE_LABEL
-) -> tf.Tensor:
-    """One batch's confusion matrix, int64 `(num_classes, num_classes)`.
+):
+    """One batch's confusion matrix, int32 `(num_classes, num_classes)`.
 
     y_true: `(B, H, W)` labels; y_pred: `(B, H, W, C)` logits. Void is not counted.
     """
-    labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
-    predictions = tf.reshape(tf.argmax(y_pred, axis=-1, output_type=tf.int32), [-1])
-    scored = tf.not_equal(labels, ignore_label)
+    labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+    predictions = ops.reshape(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), (-1,))
+    scored = ops.not_equal(labels, ignore_label)
     # Cell (true, predicted) of the flattened matrix; void pixels count 0.
-    # A segment sum keeps shapes static, so this also compiles under XLA.
-    cells = tf.where(scored, labels, 0) * num_classes + predictions
-    counts = tf.math.unsorted_segment_sum(
-        tf.cast(scored, tf.float32), cells, num_classes**2
+    # A segment sum with a fixed number of cells keeps shapes static, so this
+    # also compiles under XLA and jax.jit.
+    cells = ops.where(scored, labels, 0) * num_classes + predictions
+    counts = ops.segment_sum(
+        ops.cast(scored, "float32"), cells, num_segments=num_classes**2
     )  # Exact: a batch has far fewer than 2**24 pixels per cell.
-    return tf.reshape(tf.cast(counts, tf.int64), (num_classes, num_classes))
+    return ops.reshape(ops.cast(counts, "int32"), (num_classes, num_classes))
 
 
-def per_class_iou(matrix) -> tf.Tensor:
+def _float_counts(matrix) -> tuple:
+    """The array module to score `matrix` with, and `matrix` as its floats.
+
+    A finished count (numpy, e.g. `ConfusionMatrix.matrix`) is scored in
+    numpy float64, the same on every backend; a backend tensor (`result()`
+    inside the compiled step) with keras.ops in float32, as JAX has no
+    float64 without x64. numpy and keras.ops share the names used here.
+    """
+    if ops.is_tensor(matrix):
+        return ops, ops.cast(matrix, "float32")
+    return np, np.asarray(matrix, np.float64)
+
+
+def _nan_mean(xp, values):
+    """Mean of the non-NaN `values`, NaN if there are none (shapes stay static)."""
+    present = xp.logical_not(xp.isnan(values))
+    count = xp.sum(xp.where(present, 1.0, 0.0))
+    total = xp.sum(xp.where(present, values, 0.0))
+    return xp.where(count > 0, total / xp.maximum(count, 1.0), np.nan)
+
+
+def per_class_iou(matrix):
     """IoU of each class, TP / (TP + FP + FN); NaN where a class is in no label
     and no prediction."""
-    matrix = tf.cast(matrix, tf.float64)
-    true_positives = tf.linalg.diag_part(matrix)
-    union = tf.reduce_sum(matrix, 0) + tf.reduce_sum(matrix, 1) - true_positives
-    return tf.where(union > 0, true_positives / tf.maximum(union, 1.0), np.nan)
+    xp, matrix = _float_counts(matrix)
+    true_positives = xp.diagonal(matrix)
+    union = xp.sum(matrix, 0) + xp.sum(matrix, 1) - true_positives
+    return xp.where(union > 0, true_positives / xp.maximum(union, 1.0), np.nan)
 
 
-def mean_iou(matrix) -> tf.Tensor:
+def mean_iou(matrix):
     """Mean of per-class IoU over the classes that occur (in labels or predictions)."""
-    ious = per_class_iou(matrix)
-    present = tf.logical_not(tf.math.is_nan(ious))
-    return tf.reduce_mean(tf.boolean_mask(ious, present))
+    return _nan_mean(_float_counts(matrix)[0], per_class_iou(matrix))
 
 
-def pixel_accuracy(matrix) -> tf.Tensor:
+def pixel_accuracy(matrix):
     """Share of non-void pixels whose predicted class is right."""
-    matrix = tf.cast(matrix, tf.float64)
-    return tf.linalg.trace(matrix) / tf.maximum(tf.reduce_sum(matrix), 1.0)
+    xp, matrix = _float_counts(matrix)
+    return xp.trace(matrix) / xp.maximum(xp.sum(matrix), 1.0)
 
 
-def per_class_accuracy(matrix) -> tf.Tensor:
+def per_class_accuracy(matrix):
     """Recall of each class, TP / (its pixels in the labels); NaN where a class is in
     no label (row sum 0)."""
-    matrix = tf.cast(matrix, tf.float64)
-    true_positives = tf.linalg.diag_part(matrix)
-    label_pixels = tf.reduce_sum(matrix, 1)
-    return tf.where(
-        label_pixels > 0, true_positives / tf.maximum(label_pixels, 1.0), np.nan
+    xp, matrix = _float_counts(matrix)
+    true_positives = xp.diagonal(matrix)
+    label_pixels = xp.sum(matrix, 1)
+    return xp.where(
+        label_pixels > 0, true_positives / xp.maximum(label_pixels, 1.0), np.nan
     )
 
 
-def class_average_accuracy(matrix) -> tf.Tensor:
+def class_average_accuracy(matrix):
     """SegNet's class-average accuracy: mean recall over the classes in the labels.
 
     A class that is only predicted, never in the labels, has no recall and is
     left out (it still lowers the IoU of the classes it was confused with).
     """
-    accuracies = per_class_accuracy(matrix)
-    present = tf.logical_not(tf.math.is_nan(accuracies))
-    return tf.reduce_mean(tf.boolean_mask(accuracies, present))
+    return _nan_mean(_float_counts(matrix)[0], per_class_accuracy(matrix))
 
 
 def _percent(value: float, width: int) -> str:
@@ -152,8 +197,8 @@ def iou_table(matrix, class_names: Sequence[str]) -> str:
     SegNet's global and class-average accuracy.
     """
     matrix = np.asarray(matrix)
-    ious = per_class_iou(matrix).numpy()
-    accuracies = per_class_accuracy(matrix).numpy()
+    ious = per_class_iou(matrix)
+    accuracies = per_class_accuracy(matrix)
     gt_pixels = matrix.sum(axis=1)
     lines = [f"{'class':<14} {'IoU':>6}  {'accuracy':>8}  {'pixels':>10}"]
     for name, iou, accuracy, pixels in zip(class_names, ious, accuracies, gt_pixels):
@@ -186,7 +231,7 @@ class IoUReport(keras.callbacks.Callback):
         self.class_names = class_names
 
     def on_epoch_end(self, epoch, logs=None):
-        matrix = self.metric.matrix.numpy()
+        matrix = self.metric.matrix
         print(
             f"\nValidation after epoch {epoch + 1}:\n"
             f"{iou_table(matrix, self.class_names)}"

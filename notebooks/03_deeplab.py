@@ -430,7 +430,7 @@ for width in WIDTHS:
             metric.update_state(
                 trimap_mask(example[1], width)[None], example[index][None]
             )
-        curves[name].append(float(mean_iou(metric.matrix.numpy())))
+        curves[name].append(float(mean_iou(metric.matrix)))
 figure, axis = plt.subplots(figsize=(6, 3.6))
 for name, values in curves.items():
     axis.plot(WIDTHS, values, marker="o", label=name)

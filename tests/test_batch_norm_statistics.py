@@ -66,7 +66,7 @@ def validation_mean_iou(model: keras.Model, batches, training: bool) -> float:
     metric = ConfusionMatrix(model.output_shape[-1])
     for images, masks in batches:
         metric.update_state(masks, model(images, training=training))
-    return float(mean_iou(metric.matrix.numpy()))
+    return float(mean_iou(metric.matrix))
 
 
 def test_inference_mode_validates_like_batch_statistics(shapes_dir, tmp_path):

@@ -55,7 +55,7 @@ MIRRORED_VS_SINGLE = textwrap.dedent(
                           loss=segmentation_loss(), metrics=[metric])
         history = model.fit(data, epochs=2, steps_per_epoch=1, verbose=0)
         model.evaluate(data, steps=1, verbose=0)
-        return history.history["loss"], metric.matrix.numpy().tolist()
+        return history.history["loss"], metric.matrix.tolist()
 
     single = run(tf.distribute.get_strategy())
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

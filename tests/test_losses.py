@@ -1,5 +1,8 @@
 """common/losses.py and --loss: values by hand and by definition, void, dtypes,
-tf.distribute, the multi-worker loop, and a tiny training run."""
+tf.distribute, the multi-worker loop, and a tiny training run.
+
+Tests marked `backends` also run with KERAS_BACKEND=jax; the others need
+TensorFlow itself (tf.distribute, the tf.data pipeline)."""
 
 from __future__ import annotations
 
@@ -13,16 +16,18 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from keras import ops
 
 import unet_train
-from common import cli
+from common import backend, cli
+from common.backend import tf
 from common.losses import (
     LOSS_TERMS,
     SegmentationLoss,
     make_loss,
     segmentation_loss,
 )
+from common.metrics import ConfusionMatrix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY_LOSS = [{term: 1.0} for term in LOSS_TERMS] + [{"ce": 0.5, "lovasz": 1.0}]
@@ -42,11 +47,94 @@ def value(terms, labels, logits, weights=None) -> float:
     return float(SegmentationLoss(terms)(labels, logits, sample_weight=weights))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def loss_and_gradient(loss_fn, logits):
+    """loss_fn(logits) and its gradient with respect to logits, as numpy."""
+    if backend.name() == "jax":
+        import jax
+
+        loss, gradient = jax.value_and_grad(loss_fn)(ops.convert_to_tensor(logits))
+        return float(loss), np.asarray(gradient)
+    if backend.name() != "tensorflow":
+        pytest.skip(f"no gradient helper for {backend.name()}")
+    logits = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(logits)
+    return float(loss), tape.gradient(loss, logits).numpy()
+
+
+# Each term on `reference_batch()`, computed with the TensorFlow code of
+# common/losses.py before it moved to keras.ops (weights None, then weights).
+TF_REFERENCE = {
+    None: {
+        "ce": 2.3244059085845947,
+        "focal": 1.9905372858047485,
+        "dice": 0.7401115894317627,
+        "lovasz": 0.7899256944656372,
+        "lovasz_image": 0.7965440154075623,
+    },
+    "weights": {
+        "ce": 4.053229808807373,
+        "focal": 3.490436553955078,
+        "dice": 0.7388279438018799,
+        "lovasz": 0.7899256944656372,
+        "lovasz_image": 0.7965440154075623,
+    },
+}
+
+
+def reference_batch():
+    rng = np.random.default_rng(37)
+    logits = rng.normal(0, 2, (2, 5, 6, 4)).astype("float32")
+    labels = rng.integers(0, 4, (2, 5, 6))
+    labels[:, 0, :3] = 255
+    labels[1, 4] = 255
+    weights = np.where(labels == 255, 0, rng.uniform(0.5, 3, labels.shape))
+    return logits, labels, weights.astype("float32")
+
+
 # --------------------------------------------------------------------------
 # Values
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
+@pytest.mark.parametrize("weighted", [None, "weights"])
+def test_every_term_equals_the_tensorflow_reference(weighted):
+    logits, labels, weights = reference_batch()
+    weights = weights if weighted else None
+    for term, expected in TF_REFERENCE[weighted].items():
+        assert value({term: 1.0}, labels, logits, weights) == pytest.approx(
+            expected, rel=1e-6
+        ), term
+    # Keras' own loss (the default --loss ce) ignores void on this backend too.
+    loss = float(segmentation_loss()(labels, logits, weights))
+    assert loss == pytest.approx(TF_REFERENCE[weighted]["ce"], rel=1e-6)
+
+
+@pytest.mark.backends
+def test_void_never_reaches_one_hot(monkeypatch):
+    """PyTorch's one_hot raises on 255; every backend sees only real classes."""
+    one_hot, calls = ops.one_hot, []
+
+    def in_range_one_hot(labels, num_classes, **kwargs):
+        calls.append(np.max(ops.convert_to_numpy(labels)))
+        assert calls[-1] < num_classes
+        return one_hot(labels, num_classes, **kwargs)
+
+    monkeypatch.setattr(ops, "one_hot", in_range_one_hot)
+    logits, labels, weights = reference_batch()
+    assert value({"ce": 1.0}, labels, logits, weights) == pytest.approx(
+        TF_REFERENCE["weights"]["ce"], rel=1e-6
+    )
+    assert calls  # The loss did go through ops.one_hot.
+
+
+@pytest.mark.backends
 def test_cross_entropy_is_todays_loss():
     logits, labels, weights = random_batch()
     for pixel_weights in (None, weights):
@@ -60,6 +148,7 @@ def test_cross_entropy_is_todays_loss():
     assert default.get_config() == segmentation_loss().get_config()
 
 
+@pytest.mark.backends
 def test_soft_dice_by_hand():
     # A 2x2 image, 2 classes; the bottom-right pixel is void.
     labels = np.array([[[0, 1], [1, 255]]])
@@ -78,6 +167,7 @@ def test_soft_dice_by_hand():
     )
 
 
+@pytest.mark.backends
 def test_focal_by_hand_and_as_cross_entropy_at_gamma_0():
     logits, labels, weights = random_batch()
     focal_0 = SegmentationLoss({"focal": 1.0}, gamma=0.0)
@@ -115,10 +205,11 @@ def lovasz_by_definition(probabilities, labels) -> float:
     return float(np.mean(losses))
 
 
+@pytest.mark.backends
 def test_lovasz_matches_its_definition_per_batch_and_per_image():
     logits, labels, _ = random_batch(seed=1, shape=(3, 4, 5), num_classes=4)
     labels[2] = np.where(labels[2] == 3, 1, labels[2])  # Image 3 lacks class 3.
-    probabilities = tf.nn.softmax(logits).numpy()
+    probabilities = softmax(logits)
     valid = labels != 255
     batch = lovasz_by_definition(probabilities[valid], labels[valid])
     images = np.mean(
@@ -134,6 +225,7 @@ def test_lovasz_matches_its_definition_per_batch_and_per_image():
     assert batch != pytest.approx(images, rel=1e-3)  # The variants differ.
 
 
+@pytest.mark.backends
 def test_lovasz_of_hard_predictions_is_one_minus_mean_iou():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 3, (1, 6, 6))
@@ -146,6 +238,7 @@ def test_lovasz_of_hard_predictions_is_one_minus_mean_iou():
     )
 
 
+@pytest.mark.backends
 def test_weighted_sum_is_the_sum_of_its_parts():
     logits, labels, weights = random_batch()
     parts = {term: value({term: 1.0}, labels, logits, weights) for term in LOSS_TERMS}
@@ -159,6 +252,7 @@ def test_weighted_sum_is_the_sum_of_its_parts():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("terms", EVERY_LOSS, ids=str)
 def test_void_pixels_change_nothing(terms):
     """A void border, with wild logits and weights, and an all-void image."""
@@ -175,28 +269,33 @@ def test_void_pixels_change_nothing(terms):
     )
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("terms", EVERY_LOSS, ids=str)
 def test_all_void_batch_gives_zero_and_zero_gradients(terms):
-    logits = tf.Variable(np.random.default_rng(4).normal(0, 9, (2, 4, 4, 3)))
+    logits = np.random.default_rng(4).normal(0, 9, (2, 4, 4, 3)).astype("float32")
     labels = np.full((2, 4, 4), 255)
-    with tf.GradientTape() as tape:
-        loss = SegmentationLoss(terms)(labels, logits, np.ones((2, 4, 4)))
-    gradients = tape.gradient(loss, logits).numpy()
-    assert float(loss) == 0.0
+    loss, gradients = loss_and_gradient(
+        lambda x: SegmentationLoss(terms)(labels, x, np.ones((2, 4, 4))), logits
+    )
+    assert loss == 0.0
     assert np.all(np.isfinite(gradients)) and not np.any(gradients)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_logits_give_a_float32_loss(dtype):
     logits, labels, weights = random_batch()
     terms = {term: 1.0 for term in LOSS_TERMS}
-    half = tf.cast(logits, dtype)
+    half = ops.cast(logits, dtype)
     loss = SegmentationLoss(terms)(labels, half, weights)
-    assert loss.dtype == tf.float32
-    rounded = value(terms, labels, tf.cast(half, "float32").numpy(), weights)
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    rounded = value(
+        terms, labels, ops.convert_to_numpy(ops.cast(half, "float32")), weights
+    )
     assert float(loss) == pytest.approx(rounded, rel=1e-6)
 
 
+@pytest.mark.backends
 def test_config_survives_saving_a_compiled_model(tmp_path):
     loss = SegmentationLoss({"ce": 0.5, "focal": 1.0}, gamma=1.5)
     again = keras.losses.deserialize(keras.losses.serialize(loss))
@@ -327,17 +426,24 @@ def test_two_replicas_average_each_loss_and_the_loop_matches_one_device():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
 def test_fit_compiles_every_term_with_xla():
-    """Keras turns XLA on for one GPU: the sort and gathers must compile."""
+    """Keras turns XLA on for one GPU, and JAX always jits: the sort and
+    gathers must compile, beside the confusion-matrix metric (2 steps)."""
     model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 1)])
+    metric = ConfusionMatrix(num_classes=3)
     model.compile(
         optimizer="adam",
         loss=SegmentationLoss({term: 1.0 for term in LOSS_TERMS}),
+        metrics=[metric],
         jit_compile=True,
     )
     logits, labels, weights = random_batch(shape=(2, 8, 8))
-    history = model.fit(logits, labels, sample_weight=weights, epochs=1, verbose=0)
+    history = model.fit(
+        logits, labels, sample_weight=weights, batch_size=1, epochs=1, verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
+    assert metric.matrix.sum() == np.sum(labels != 255)
 
 
 def test_unet_trains_with_ce_plus_lovasz(shapes_dir, tmp_path):
