@@ -10,8 +10,8 @@ the shapes and gets circles and squares, and confuses the thinner classes (val
 mean IoU 0.57 after 10 epochs, measured).
 
 CamVid from scratch in 30 CPU minutes, at half resolution (`--image-scale`),
-scored at 360x480 by `evaluate.py`: val mean IoU 0.524 (global accuracy 0.868,
-class-average 0.668; pole 0.00), 29 min 44 s on 2 AMD EPYC cores, measured:
+scored at 360x480 by `evaluate.py` (its scores and time: the README's Results,
+every run: docs/camvid.md):
 
     python fcn_train.py --dataset camvid --variant 8s --width 0.25 \
         --backbone-weights none --image-scale 0.5 --crop-size 192 \
@@ -66,6 +66,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+
+from common import stops
+
+if __name__ == "__main__":  # Before the slow imports: any stop ends in one line.
+    stops.install()
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 

@@ -9,7 +9,7 @@
     python segnet_train.py --dataset camvid --variant basic --image-scale 0.5 \
         --crop-size 176 --scale-range 0.75 1.5 --batch-size 8 --optimizer adam \
         --learning-rate 2e-3 --loss dice --epochs 6 \
-        --steps-per-epoch 36                  # CamVid: 0.407 val mIoU, 26-33 CPU min
+        --steps-per-epoch 36                  # CamVid: see the README's Results
 
 The demo (SegNet-Basic from scratch, the default SGD recipe) validates in step
 with training but learns slowly: val mean IoU 0.31 after 12 epochs (measured),
@@ -59,6 +59,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+
+from common import stops
+
+if __name__ == "__main__":  # Before the slow imports: any stop ends in one line.
+    stops.install()
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 

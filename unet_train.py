@@ -8,7 +8,7 @@
     python unet_train.py --dataset camvid --filters 16 32 64 128 --image-scale 0.5 \
         --crop-size 192 --scale-range 0.75 1.5 --batch-size 8 --optimizer adam \
         --learning-rate 2e-3 --loss dice --epochs 18 \
-        --steps-per-epoch 46             # CamVid: 0.54-0.59 val mIoU, 19-48 CPU min
+        --steps-per-epoch 46             # CamVid: see the README's Results
 
 U-Net (Ronneberger, Fischer and Brox, MICCAI 2015, https://arxiv.org/abs/1505.04597)
 is an encoder-decoder: a contracting path that doubles the channels at each of
@@ -31,6 +31,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+
+from common import stops
+
+if __name__ == "__main__":  # Before the slow imports: any stop ends in one line.
+    stops.install()
 
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 

@@ -22,3 +22,15 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(InputError):
     """The training loss became NaN or infinite: the settings need changing."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (`common.stops`); `cause` names it for the message."""
+
+    def __init__(self, cause: str = "Ctrl-C"):
+        super().__init__(cause)
+        self.cause = cause
+
+
+class WorkerLost(Exception):
+    """A worker of a multi-worker run died: the message names it and how to resume."""

@@ -96,8 +96,28 @@ def wait_for(predicate, process, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def test_ctrl_c_prints_one_line_with_the_resume_command(shapes_dir, tmp_path):
-    """SIGINT after the first epoch: exit 130, one line, no traceback; quiet start."""
+def communicate_or_dump_stacks(process, timeout: float) -> tuple[str, str]:
+    """The process's output; if it has not ended in time, fail with its stacks.
+
+    The training scripts print every thread's stack on SIGUSR1 (`common.stops`).
+    """
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        process.kill()
+        _, stderr = process.communicate()
+        pytest.fail(f"still running {timeout} s after the signal:\n{stderr[-6000:]}")
+
+
+@pytest.mark.parametrize(
+    "signum, cause", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")]
+)
+def test_ctrl_c_or_sigterm_prints_one_line_with_the_resume_command(
+    signum, cause, shapes_dir, tmp_path
+):
+    """SIGINT or SIGTERM after the first epoch: exit 130, one line; quiet start."""
     output_dir = tmp_path / "run"
     # fmt: off
     argv = [
@@ -123,15 +143,15 @@ def test_ctrl_c_prints_one_line_with_the_resume_command(shapes_dir, tmp_path):
             process,
             timeout=240,
         )
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
+        process.send_signal(signum)
+        stdout, stderr = communicate_or_dump_stacks(process, timeout=30)
     finally:
         process.kill()
 
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     last_lines = [line for line in stderr.splitlines() if line.strip()]
-    assert last_lines[-1].startswith("Stopped by Ctrl-C: ")
+    assert last_lines[-1].startswith(f"Stopped by {cause}: ")
     assert "epochs are finished and saved" in last_lines[-1]
     assert "To resume: python unet_train.py --dataset shapes" in last_lines[-1]
     # A quiet start: no TensorFlow C++ log, and the first line says what runs.

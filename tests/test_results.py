@@ -54,7 +54,9 @@ def test_class_names_come_from_the_run_then_candidates_then_voc(tmp_path):
 
 
 def run_args(tmp_path, argv) -> argparse.Namespace:
-    return argparse.Namespace(argv=argv, output_dir=str(tmp_path / "run"), epochs=5)
+    return argparse.Namespace(
+        argv=argv, output_dir=str(tmp_path / "run"), epochs=5, chief=True
+    )
 
 
 def test_resume_command_adds_the_run_folder_once(tmp_path, monkeypatch):
