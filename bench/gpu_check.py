@@ -1,370 +1,445 @@
-"""One GPU measurement, run once: float32, mixed precision and XLA for every model.
+"""The GPU check: this project's models on one GPU with Keras on JAX, no TensorFlow.
 
-    bash bench/gpu_check.sh runs/gpu-check            # fresh machine: install, run
-    python bench/gpu_check.py runs/gpu-check          # requirements installed
-    python bench/gpu_check.py --dry-run /tmp/check    # CPU, tiny sizes, about 1 min
+    python bench/gpu_check.py OUT_DIR                    # both parts, ~9.5 min
+    python bench/gpu_check.py OUT_DIR --parts speed      # one part
+    python bench/gpu_check.py --dry-run OUT_DIR          # CPU, tiny sizes, ~2 min
 
-It prints the GPU (nvidia-smi, TensorFlow's devices, the CUDA that TensorFlow
-was built with), runs the README's demo command for its wall time and mean
-IoU, then, for each mode and each model of `bench/harness.py`, calls
-`bench/train_speed.py`'s `measure` in a fresh process: training ms/step and
-images/s, inference images/s, peak memory. The modes:
+Made for the GPU machine of docs/gpu.md (one H200, JAX, no TensorFlow, ten
+minutes a command): run with KERAS_BACKEND=jax and a CamVid cache
+(`python -m common.cli cache --dataset camvid --out data/camvid-cache`).
 
-    float32     the scripts' default
-    mixed       `--mixed-precision`'s policy: mixed_float16 on GPU; in the dry
-                run on CPU mixed_bfloat16, as the scripts use there (float16
-                kernels are slow or missing on CPU for some ops)
-    xla         `model.compile(jit_compile=True)`
-    mixed+xla   both
+Two parts, each appending rows to OUT_DIR/gpu_check.json and rewriting
+OUT_DIR/gpu_check.md after every row, so a command that is stopped keeps what
+it measured and a later one (`--parts`) adds what is missing:
 
-The demo goes first and the modes run in turn over all models, so a run that
-spends its `--budget-s` loses the last modes (XLA's compilations, the slowest
-to start), not a model or the demo. A measurement is started only while the
-budget has room for one as long as the longest so far; the rest are written
-down as skipped. After every measurement OUT_DIR/gpu_check.json and
-OUT_DIR/gpu_check.md (a table of model x mode, the GPU named in its heading)
-are written again, so a run that is stopped or crashes keeps what it measured.
-
-`--dry-run` takes the same path on CPU at tiny sizes (DRY_RUN_* below): one
-model, float32 and mixed, and a one-step demo, for the test suite.
+- camvid: each script's GPU recipe (`CAMVID_RECIPES`), trained by the
+  script's own `main` from the cache at full resolution, all at once on the
+  one GPU (each process takes a share of its memory), each stopped by
+  `timeout` at `--budget-s`; its row is the run's results.json (validation
+  split, 360x480: the cache holds the full-size masks), or its best epoch
+  from history.csv if the run was stopped.
+- speed: the training step of `SPEED_MODELS` alone on the GPU, in float32
+  and mixed bfloat16 (each in a fresh process; JAX always compiles with
+  XLA), and torchvision's DeepLab v3 (ResNet-50, MobileNetV3-Large) in
+  bfloat16, channels-last, at the same batch and size: ms per step, images
+  per second, and ours over theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
-import platform
-import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import console  # noqa: F401, E402  (first: TensorFlow loads quietly)
-
-# isort: split
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import unet_train  # noqa: E402
-from bench import train_speed  # noqa: E402
-from bench.harness import MODELS, device_name, in_fresh_process  # noqa: E402
-from common import shapes  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(ROOT, "README.md")
-
-MODES = {
-    "float32": {"mixed_precision": False, "jit_compile": False},
-    "mixed": {"mixed_precision": True, "jit_compile": False},
-    "xla": {"mixed_precision": False, "jit_compile": True},
-    "mixed+xla": {"mixed_precision": True, "jit_compile": True},
+CACHE = "data/camvid-cache"
+# Each script's CamVid recipe for one GPU: full resolution (crops of 352 from
+# 360x480 images scaled by 0.75-1.5), batch 16, bfloat16.
+GPU_FLAGS = [
+    "--dataset", "cache", "--crop-size", "352",
+    "--scale-range", "0.75", "1.5", "--batch-size", "16", "--mixed-precision",
+    "--optimizer", "adam", "--weight-decay", "0", "--num-predictions", "8",
+]  # fmt: skip
+CAMVID_RECIPES = {
+    "unet": ["unet_train.py", "--filters", "32", "64", "128", "256",
+             "--learning-rate", "2e-3", "--loss", "dice",
+             "--epochs", "60", "--steps-per-epoch", "23"],
+    "deeplabv3plus": ["deeplab_train.py", "--variant", "v3plus",
+                      "--backbone", "mobilenetv2", "--backbone-weights", "none",
+                      "--no-freeze-bn", "--learning-rate", "2e-3", "--loss", "dice",
+                      "--epochs", "50", "--steps-per-epoch", "23"],
+    "fcn8s": ["fcn_train.py", "--variant", "8s", "--width", "0.5",
+              "--backbone-weights", "none", "--learning-rate", "5e-4",
+              "--loss", "0.5*ce+lovasz", "--epochs", "40", "--steps-per-epoch", "23"],
+    "segnet_basic": ["segnet_train.py", "--variant", "basic",
+                     "--learning-rate", "2e-3", "--loss", "dice",
+                     "--epochs", "50", "--steps-per-epoch", "23"],
+}  # fmt: skip
+# The dry run: the same path on CPU, one recipe, a shapes cache, tiny sizes.
+DRY_RUN_FLAGS = ["--crop-size", "32", "--batch-size", "2", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--num-predictions", "2",
+                 "--filters", "4", "8"]  # fmt: skip
+# Speed: (name, batch, crop) for ours; torchvision's peers are named after them.
+SPEED_MODELS = [("unet", 16, 256), ("deeplabv3_resnet50_os8", 16, 512),
+                ("deeplabv3_mobilenetv2", 16, 512)]  # fmt: skip
+PEERS = {
+    "deeplabv3_resnet50_os8": "deeplabv3_resnet50",
+    "deeplabv3_mobilenetv2": "deeplabv3_mobilenet_v3_large",
 }
-# Sized for one H200 (141 GB): a VOC-sized crop at the scripts' batch of 8.
-# `matmul_size` is the float32 product that the "of matmul" share is taken of.
-GPU_SIZES = {"crop_size": 512, "batch_size": 8, "steps": 10, "matmul_size": 2048}
-# The dry run: the GPU run's path on 2 CPU cores in about a minute. One model,
-# and no XLA: compiling a U-Net's train step takes 2 CPU cores half a minute.
-DRY_RUN_SIZES = {"crop_size": 32, "batch_size": 1, "steps": 1, "matmul_size": 256}
-DRY_RUN_MODELS = ["unet"]
-DRY_RUN_MODES = ["float32", "mixed"]
-# Appended to the README's demo flags in the dry run (argparse keeps the last).
-DRY_RUN_DEMO = [
-    "--epochs",
-    "1",
-    "--steps-per-epoch",
-    "1",
-    "--val-steps",
-    "1",
-    "--filters",
-    "4",
-    "8",
-    "--crop-size",
-    "32",
-    "--batch-size",
-    "2",
-    "--num-predictions",
-    "1",
-]
-NOT_REACHED = "not reached: the run stopped before it"
+DRY_RUN_SPEED = [("unet", 1, 32)]
+NUM_CLASSES = 21
 
 
-def demo_argv(readme: str = README) -> list[str]:
-    """The flags of the README's demo command, `python unet_train.py FLAGS`."""
-    with open(readme, encoding="utf-8") as f:
-        for line in f:
-            if "python unet_train.py " in line:
-                command = line.split("python unet_train.py ", 1)[1]
-                return shlex.split(command.split("&&")[0])
-    raise ValueError(f"{readme} has no `python unet_train.py` command")
+# --------------------------------------------------------------------------
+# Results: one JSON, one Markdown table, rewritten after every row
+# --------------------------------------------------------------------------
 
 
-def describe_device() -> dict:
-    """The GPU, TensorFlow's view of the devices, and the versions in use.
-
-    Only lists devices: a TensorFlow context here would take the GPU's memory
-    from the fresh processes that measure.
-    """
-    build = tf.sysconfig.get_build_info()
-    gpus = tf.config.list_physical_devices("GPU")
-    device = {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "cuda_build": build.get("cuda_version"),
-        "cudnn_build": build.get("cudnn_version"),
-        "tf_devices": [found.name for found in tf.config.list_physical_devices()],
-        "nvidia_smi": None,
-        "name": device_name(),
-    }
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        device["name"] = details.get("device_name", "GPU")
-    if shutil.which("nvidia-smi"):
-        query = "--query-gpu=name,memory.total,driver_version"
-        smi = subprocess.run(
-            ["nvidia-smi", query, "--format=csv"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        device["nvidia_smi"] = (smi.stdout or smi.stderr).strip()
-        lines = smi.stdout.strip().splitlines()
-        if smi.returncode == 0 and len(lines) > 1:  # Line 1 is the CSV header.
-            device["name"] = lines[1]
-    return device
+def load_report(out_dir: str) -> dict:
+    path = os.path.join(out_dir, "gpu_check.json")
+    if os.path.isfile(path):
+        with open(path) as report:
+            return json.load(report)
+    return {"device": device_name(), "camvid": [], "speed": []}
 
 
-def measure_mode(name: str, speed_args: argparse.Namespace, mode: str) -> dict:
-    """`train_speed.measure` of one model in one mode (in a fresh process).
-
-    The matmul rate is measured in the same process: the parent stays off the
-    GPU, and the row is complete on its own.
-    """
-    rate = train_speed.matmul_rate(speed_args.matmul_size)
-    row = train_speed.measure(
-        name, speed_args, rate, mixed_precision=MODES[mode]["mixed_precision"]
-    )
-    row["policy"] = keras.mixed_precision.global_policy().name
-    row["matmul_gflops"] = rate / 1e9
-    return row
-
-
-def speed_args_for(args: argparse.Namespace, mode: str) -> argparse.Namespace:
-    """`train_speed.py`'s arguments for the sizes of this run, in `mode`."""
-    argv = [
-        "--crop-size",
-        str(args.crop_size),
-        "--batch-size",
-        str(args.batch_size),
-        "--steps",
-        str(args.steps),
-        "--no-peer",
-    ]
-    if MODES[mode]["jit_compile"]:
-        argv.append("--jit-compile")
-    speed_args = train_speed.parse_args(argv)
-    speed_args.matmul_size = args.matmul_size
-    return speed_args
-
-
-def run_demo(args: argparse.Namespace, work_dir: str) -> dict:
-    """The README's demo in a fresh process: its wall time and its results.
-
-    The wall time counts the process start and imports, like the command's;
-    its outputs go to `work_dir`, and results.json and predictions.png are
-    copied into the output folder.
-    """
-    argv = [*demo_argv(), "--output-dir", os.path.join(work_dir, "run")]
-    if args.dry_run:  # A six-image `shapes` instead of generating 1,100.
-        data_dir = shapes.generate_shapes(
-            os.path.join(work_dir, "shapes"), num_train=4, num_val=2
-        )
-        argv += [*DRY_RUN_DEMO, "--data-dir", data_dir]
-    demo = {"command": "python unet_train.py " + shlex.join(argv)}
-    start = time.perf_counter()
-    results = in_fresh_process(unet_train.main, argv)
-    demo["wall_s"] = time.perf_counter() - start
-    demo["mean_iou"] = results["mean_iou"]
-    demo["pixel_accuracy"] = results["pixel_accuracy"]
-    for name in ("results.json", "predictions.png"):
-        path = os.path.join(work_dir, "run", name)
-        if os.path.isfile(path):
-            shutil.copy(path, os.path.join(args.out_dir, f"demo_{name}"))
-    return demo
-
-
-def cell(row: dict, key: str, digits: int) -> str:
-    """`row[key]` for the table, or blank where the row has no such number."""
-    return f"{row[key]:.{digits}f}" if key in row else ""
-
-
-def markdown(report: dict) -> str:
-    """The report as a Markdown table of model x mode, the device in the heading."""
-    device, settings, demo = report["device"], report["settings"], report["demo"]
-    lines = [
-        f"# GPU check: {device['name']}",
-        "",
-        f"TensorFlow {device['tensorflow']} (built for CUDA {device['cuda_build']}, "
-        f"cuDNN {device['cudnn_build']}), Keras {device['keras']}, Python "
-        f"{device['python']}. Crop {settings['crop_size']}, batch "
-        f"{settings['batch_size']}, the median of {settings['steps']} timed "
-        f"steps after one warm-up{', dry run' if settings['dry_run'] else ''}; "
-        f"{report['elapsed_s']:.0f} s in all. Speed-up: float32's ms/step over "
-        "the mode's.",
-        "",
-    ]
-    if "wall_s" in demo:
-        lines.append(
-            f"Demo: {demo['wall_s']:.1f} s wall, mean IoU {demo['mean_iou']:.3f} "
-            f"(`{demo['command']}`)"
-        )
-    else:
-        lines.append(f"Demo: {demo.get('error') or demo.get('skipped')}")
-    lines += [
-        "",
-        "| model | mode | policy | train ms/step | speed-up | train img/s "
-        "| infer img/s | peak MB | note |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    float32_ms = {
-        row["model"]: row["ms_step"]
-        for row in report["rows"]
-        if row["mode"] == "float32" and "ms_step" in row
-    }
-    for row in report["rows"]:
-        speedup = ""
-        if "ms_step" in row and row["model"] in float32_ms:
-            speedup = f"{float32_ms[row['model']] / row['ms_step']:.2f}"
-        lines.append(
-            f"| {row['model']} | {row['mode']} | {row.get('policy', '')} "
-            f"| {cell(row, 'ms_step', 1)} | {speedup} | {cell(row, 'train_ips', 1)} "
-            f"| {cell(row, 'infer_ips', 1)} | {cell(row, 'peak_mb', 0)} "
-            f"| {row.get('error') or row.get('skipped', '')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, out_dir: str) -> None:
+def save_report(out_dir: str, report: dict) -> None:
     with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(report, f, indent=1)
     with open(os.path.join(out_dir, "gpu_check.md"), "w") as f:
         f.write(markdown(report))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="folder for gpu_check.json and gpu_check.md")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help=f"CPU, tiny sizes: {DRY_RUN_SIZES}, models {DRY_RUN_MODELS}, modes "
-        f"{DRY_RUN_MODES}, a one-step demo",
-    )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        choices=list(MODELS),
-        help=f"default: all ({DRY_RUN_MODELS} with --dry-run)",
-    )
-    parser.add_argument(
-        "--modes",
-        nargs="+",
-        choices=list(MODES),
-        help=f"default: all ({DRY_RUN_MODES} with --dry-run)",
-    )
-    for flag, size in GPU_SIZES.items():
-        parser.add_argument(
-            f"--{flag.replace('_', '-')}",
-            type=int,
-            help=f"default: {size} ({DRY_RUN_SIZES[flag]} with --dry-run)",
+def markdown(report: dict) -> str:
+    lines = [f"# GPU check: {report['device']}", "", "## CamVid (val, 360x480)", ""]
+    lines += [
+        "| recipe | command | train s | wall s | mean IoU | global acc | class acc "
+        "| lowest class |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["camvid"]:
+        lowest = row.get("lowest_class", "")
+        lines.append(
+            f"| {row['recipe']} | `{row['command']}` | {row.get('train_s', '-')} | "
+            f"{row.get('wall_s', '-')} | "
+            f"{_fmt(row.get('mean_iou'))} | {_fmt(row.get('pixel_accuracy'))} | "
+            f"{_fmt(row.get('class_average_accuracy'))} | {lowest} |"
         )
-    parser.add_argument(
-        "--budget-s",
-        type=float,
-        default=420,
-        help="seconds for the demo and all measurements; what does not fit is "
-        "skipped with a note (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    sizes = DRY_RUN_SIZES if args.dry_run else GPU_SIZES
-    for flag, size in sizes.items():
-        if getattr(args, flag) is None:
-            setattr(args, flag, size)
-    args.models = args.models or (DRY_RUN_MODELS if args.dry_run else list(MODELS))
-    args.modes = args.modes or (DRY_RUN_MODES if args.dry_run else list(MODES))
-    return args
+    lines += ["", "## Training step", ""]
+    lines += [
+        "| model | framework | precision | batch | crop | ms/step | images/s | "
+        "ours / torchvision |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in report["speed"]:
+        lines.append(
+            f"| {row['model']} | {row['framework']} | {row['precision']} | "
+            f"{row['batch']} | {row['crop']} | {_fmt(row.get('ms_step'), 1)} | "
+            f"{_fmt(row.get('images_s'), 0)} | {_fmt(row.get('ratio'), 2)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> dict:
-    start = time.perf_counter()
-    args = parse_args(argv)
-    device = describe_device()
-    print(f"Device: {device['name']}")
-    for key, value in device.items():
-        print(f"  {key}: {value}")
-    if not args.dry_run and not tf.config.list_physical_devices("GPU"):
-        why = " (nvidia-smi sees one: is tensorflow[and-cuda] installed?)"
-        raise SystemExit(
-            f"gpu_check: TensorFlow sees no GPU{why if device['nvidia_smi'] else ''}; "
-            "--dry-run runs the CPU path."
-        )
-    os.makedirs(args.out_dir, exist_ok=True)
-    settings = {key: getattr(args, key) for key in (*GPU_SIZES, "budget_s")}
-    report = {
-        "device": device,
-        "settings": {**settings, "dry_run": args.dry_run},
-        "demo": {"skipped": NOT_REACHED},
-        "rows": [
-            {"model": name, "mode": mode, "skipped": NOT_REACHED}
-            for mode in args.modes
-            for name in args.models
-        ],
-        "elapsed_s": 0.0,
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def device_name() -> str:
+    """The GPU as nvidia-smi names it, else the CPU."""
+    try:
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return names.replace("\n", "; ")
+    except (OSError, subprocess.CalledProcessError):
+        return f"CPU x{os.cpu_count()}"
+
+
+# --------------------------------------------------------------------------
+# CamVid: every recipe at once, each in its own process
+# --------------------------------------------------------------------------
+
+
+def camvid_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
+    recipes = dict(list(CAMVID_RECIPES.items())[:1] if args.dry_run else CAMVID_RECIPES)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / len(recipes):.2f}",
     }
+    started = {}
+    for name, (script, *flags) in recipes.items():
+        run_dir = os.path.join(out_dir, "runs", name)
+        argv = [script, *GPU_FLAGS, "--data-dir", args.cache, *flags]
+        argv += [*(DRY_RUN_FLAGS if args.dry_run else []), "--output-dir", run_dir]
+        log = open(os.path.join(out_dir, f"{name}.log"), "w")
+        command = ["timeout", "-s", "INT", str(int(args.camvid_s)), sys.executable]
+        started[name] = (
+            subprocess.Popen(
+                [*command, *argv], cwd=ROOT, env=env, stdout=log, stderr=log
+            ),
+            argv,
+            time.time(),
+        )
+    for name, (process, argv, start) in started.items():
+        status = process.wait()
+        row = camvid_row(name, argv, os.path.join(out_dir, "runs", name))
+        row.update(status=status, wall_s=round(time.time() - start))
+        report["camvid"].append(row)
+        save_report(out_dir, report)
 
-    def budget_left() -> float:
-        return args.budget_s - (time.perf_counter() - start)
 
-    spent = f"skipped: the {args.budget_s:.0f} s budget was spent"
-    if budget_left() <= 0:
-        report["demo"] = {"skipped": spent}
-    else:
-        print("\nDemo: the README's command", flush=True)
-        with tempfile.TemporaryDirectory(prefix="gpu_check_demo_") as work_dir:
-            try:
-                report["demo"] = run_demo(args, work_dir)
-            except Exception as error:  # One failure must not lose the rest.
-                report["demo"] = {"error": f"{type(error).__name__}: {error}"}
-    report["elapsed_s"] = time.perf_counter() - start
-    write_report(report, args.out_dir)
+def camvid_row(name: str, argv: list[str], run_dir: str) -> dict:
+    """results.json's scores, or the best epoch of history.csv for a stopped run."""
+    row = {"recipe": name, "command": "python " + " ".join(argv)}
+    results_path = os.path.join(run_dir, "results.json")
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            run = json.load(f)
+        ious = run["per_class_iou"]
+        lowest = min(ious, key=lambda c: ious[c] if ious[c] is not None else 2)
+        row.update(
+            mean_iou=run["mean_iou"],
+            pixel_accuracy=run["pixel_accuracy"],
+            class_average_accuracy=run["class_average_accuracy"],
+            per_class_iou=ious,
+            lowest_class=f"{lowest} {ious[lowest]:.2f}",
+            train_s=_train_seconds(run),
+            epochs=run["epochs_this_run"],
+        )
+        return row
+    history_path = os.path.join(run_dir, "history.csv")
+    if os.path.isfile(history_path):
+        with open(history_path) as f:
+            epochs = list(csv.DictReader(f))
+        best = max(epochs, key=lambda epoch: float(epoch["val_mean_iou"]))
+        row.update(
+            mean_iou=float(best["val_mean_iou"]),
+            stopped_after_epochs=len(epochs),
+            best_epoch=int(best["epoch"]) + 1,
+        )
+    return row
 
-    longest = 0.0  # The longest measurement so far: what the next one may take.
-    for row in report["rows"]:
-        name, mode = row["model"], row["mode"]
-        if budget_left() <= longest:
-            row["skipped"] = spent
+
+def _train_seconds(run: dict) -> int | None:
+    steps, ms = run.get("optimizer_steps"), run.get("train_ms_per_step")
+    return None if not (steps and ms) else round(steps * ms / 1000)
+
+
+# --------------------------------------------------------------------------
+# Speed: one model a process, alone on the GPU
+# --------------------------------------------------------------------------
+
+
+def speed_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
+    deadline = time.time() + args.speed_s
+    models = DRY_RUN_SPEED if args.dry_run else SPEED_MODELS
+    for name, batch, crop in models:
+        if args.speed_models and name not in args.speed_models:
             continue
-        print(f"\n{name}, {mode}", flush=True)
-        measure_start = time.perf_counter()
-        try:
-            measured = in_fresh_process(
-                measure_mode, name, speed_args_for(args, mode), mode
+        ours = {}
+        for precision in args.precisions:
+            if time.time() > deadline:
+                return
+            ours[precision] = measure_in_process(
+                ["keras", name, precision, batch, crop], args, out_dir
             )
-        except Exception as error:  # E.g. out of memory: the other rows still run.
-            measured = {"error": f"{type(error).__name__}: {error}"}
-        del row["skipped"]
-        row.update(measured, seconds=time.perf_counter() - measure_start)
-        longest = max(longest, row["seconds"])
-        report["elapsed_s"] = time.perf_counter() - start
-        write_report(report, args.out_dir)
-    report["elapsed_s"] = time.perf_counter() - start
-    write_report(report, args.out_dir)
-    print("\n" + markdown(report))
+            report["speed"].append(ours[precision])
+            save_report(out_dir, report)
+        if name in PEERS and not args.dry_run and time.time() < deadline:
+            theirs = measure_in_process(
+                ["torch", PEERS[name], "bfloat16", batch, crop], args, out_dir
+            )
+            if ours.get("bfloat16", {}).get("images_s") and theirs.get("images_s"):
+                ours["bfloat16"]["ratio"] = (
+                    ours["bfloat16"]["images_s"] / theirs["images_s"]
+                )
+            report["speed"].append(theirs)
+            save_report(out_dir, report)
+
+
+def measure_in_process(spec: list, args: argparse.Namespace, out_dir: str) -> dict:
+    framework, name, precision, batch, crop = spec
+    row = dict(
+        model=name, framework=framework, precision=precision, batch=batch, crop=crop
+    )
+    command = [sys.executable, os.path.abspath(__file__), "--measure", *map(str, spec)]
+    if args.dry_run:
+        command.append("--dry-run")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    with open(os.path.join(out_dir, "speed.log"), "a") as log:
+        log.write(f"$ {' '.join(command)}\n{done.stdout}{done.stderr[-3000:]}\n")
+    if done.returncode != 0:
+        return {**row, "error": done.stderr.strip().splitlines()[-1:]}
+    return {**row, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def measure(
+    framework: str, name: str, precision: str, batch: int, crop: int, steps: int
+):
+    """Median seconds of one training step, printed as the last line (JSON)."""
+    if framework == "torch":
+        seconds = torch_step_seconds(name, batch, crop, steps)
+    else:
+        seconds = keras_step_seconds(name, precision, batch, crop, steps)
+    print(json.dumps({"ms_step": 1000 * seconds, "images_s": batch / seconds}))
+
+
+def keras_step_seconds(name, precision, batch, crop, steps) -> float:
+    import keras
+    import numpy as np
+    from keras import ops
+
+    import deeplab_train
+    import unet_train
+    from common.losses import segmentation_loss
+
+    if precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    builders = {
+        "unet": lambda: unet_train.build_unet(NUM_CLASSES),
+        "deeplabv3_resnet50_os8": lambda: deeplab_train.build_deeplab(
+            NUM_CLASSES, "v3", "resnet50", output_stride=8
+        ),
+        "deeplabv3_mobilenetv2": lambda: deeplab_train.build_deeplab(
+            NUM_CLASSES, "v3", "mobilenetv2", output_stride=8
+        ),
+    }
+    model = builders[name]()
+    model.compile(
+        optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), loss=segmentation_loss()
+    )
+    rng = np.random.default_rng(0)
+    images = ops.convert_to_tensor(
+        rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
+    )
+    masks = ops.convert_to_tensor(
+        rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype("int32")
+    )
+    return median_seconds(lambda: model.train_on_batch(images, masks), steps)
+
+
+def torch_step_seconds(name, batch, crop, steps) -> float:
+    import torch
+    import torchvision
+
+    model = getattr(torchvision.models.segmentation, name)(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False
+    )
+    model = model.cuda().to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+    images = torch.rand(batch, 3, crop, crop, device="cuda") * 255
+    images = images.to(memory_format=torch.channels_last)
+    masks = torch.randint(0, NUM_CLASSES, (batch, crop, crop), device="cuda")
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model(images)["out"].float(), masks)
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+
+    return median_seconds(step, steps)
+
+
+def median_seconds(step, steps: int) -> float:
+    """Median wall time of `steps` calls after two warm-ups (compilation)."""
+    step()
+    step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+# --------------------------------------------------------------------------
+
+
+def export_models(out_dir: str, max_mib: float = 16) -> list[str]:
+    """Each run's best model without optimizer state, as OUT_DIR/weights/RUN.keras.
+
+    Only files of at most `max_mib` are kept (what the GPU machine can return).
+    """
+    from common.errors import InputError
+    from common.inference import load_model
+
+    weights_dir, runs_dir = (
+        os.path.join(out_dir, "weights"),
+        os.path.join(out_dir, "runs"),
+    )
+    os.makedirs(weights_dir, exist_ok=True)
+    kept = []
+    for name in sorted(os.listdir(runs_dir) if os.path.isdir(runs_dir) else []):
+        best = os.path.join(out_dir, "runs", name, "best.keras")
+        if not os.path.isfile(best):
+            continue
+        path = os.path.join(weights_dir, f"{name}.keras")
+        try:
+            load_model(best).save(path)  # Loaded uncompiled: no optimizer state.
+        except InputError as error:  # E.g. a run stopped while writing it.
+            print(error)
+            continue
+        if os.path.getsize(path) > max_mib * 2**20:
+            os.remove(path)
+        else:
+            kept.append(path)
+    return kept
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir", nargs="?", help="folder for the results")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["camvid", "speed"],
+        default=["camvid", "speed"],
+        help="what to run, in this order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--camvid-s",
+        type=float,
+        default=360,
+        help="camvid: seconds after which every run is stopped (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--speed-s",
+        type=float,
+        default=100,
+        help="speed: no measurement starts after this many seconds (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--speed-models",
+        nargs="+",
+        choices=[name for name, _, _ in SPEED_MODELS],
+        help="speed: only these models (default: all)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        default=["float32", "bfloat16"],
+        help="speed: our models in these precisions (default: %(default)s)",
+    )
+    parser.add_argument("--cache", default=CACHE, help="the CamVid cache folder")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes")
+    parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    if args.measure:
+        framework, name, precision, batch, crop = args.measure
+        steps = 1 if args.dry_run else args.steps
+        measure(framework, name, precision, int(batch), int(crop), steps)
+        return None
+    os.makedirs(args.out_dir, exist_ok=True)
+    report = load_report(args.out_dir)
+    parts = {"camvid": camvid_part, "speed": speed_part}
+    for part in args.parts:
+        parts[part](args.out_dir, args, report)
+    if "camvid" in args.parts:
+        print("Models to return:", *export_models(args.out_dir))
+    print(markdown(report))
     return report
 
 

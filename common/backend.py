@@ -18,6 +18,7 @@ not installed, the first use raises `TensorFlowMissing` naming what needed it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import keras  # noqa: E402  (after console: TensorFlow loads quietly)
@@ -46,12 +47,12 @@ class _LazyTensorFlow:
 
 
 def _import_tensorflow(attribute: str):
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return sys.modules["tensorflow"]
     try:
         with console.quiet_tensorflow_start():
             module = importlib.import_module("tensorflow")
-    except ModuleNotFoundError as error:
+    except ImportError as error:  # Not installed, or hidden (None in sys.modules).
         if error.name != "tensorflow":
             raise
         raise TensorFlowMissing(
@@ -66,6 +67,24 @@ def _import_tensorflow(attribute: str):
 
 
 tf = _LazyTensorFlow()
+
+
+def tensorflow_installed() -> bool:
+    """Whether TensorFlow can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # Hidden from this process, as tests do.
+        return False
+
+
+def is_data_error(error: BaseException) -> bool:
+    """Whether `error` is TensorFlow's for a file the `tf.data` reader could not read.
+
+    False where TensorFlow was never loaded: then no pipeline of its ran.
+    """
+    if sys.modules.get("tensorflow") is None:
+        return False
+    return isinstance(error, tf.errors.InvalidArgumentError)
 
 
 def has_accelerator() -> bool:

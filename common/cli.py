@@ -29,9 +29,14 @@ from typing import NoReturn
 from common import console  # noqa: F401  (first: TensorFlow loads quietly)
 
 # isort: split
-from common import distribute, inference, shapes, voc
+from common import cache, distribute, inference, shapes, stops, voc
 from common.constants import IGNORE_LABEL, LOSS_TERMS
-from common.errors import DatasetError, InputError, TrainingInterrupted
+from common.errors import (
+    DatasetError,
+    InputError,
+    TrainingInterrupted,
+    WorkerLost,
+)
 
 # --jit-compile's choices, as `model.compile(jit_compile=...)` takes them.
 JIT_COMPILE = {"auto": "auto", "on": True, "off": False}
@@ -230,13 +235,14 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        choices=["voc", "shapes", "folder", "camvid"],
+        choices=["voc", "shapes", "folder", "camvid", "cache"],
         default="voc",
         help="voc: PASCAL VOC 2012 (bash data/voc_download.sh); shapes: the "
         "built-in synthetic set, generated on first use (seconds); folder: your "
         "own data, either SPLIT/images + SPLIT/masks or CamVid's SPLIT + "
         "SPLITannot; camvid: folder with CamVid's 11 class names and void 11 "
-        "(default: %(default)s)",
+        "(default: %(default)s); cache: a folder written by python -m "
+        "common.cli cache, which trains without TensorFlow (docs/gpu.md)",
     )
     data.add_argument(
         "--data-dir",
@@ -571,6 +577,8 @@ def dataset_from_flags(args: argparse.Namespace) -> voc.DatasetSpec:
         return voc.DatasetSpec(data_dir, "voc", shapes.SHAPES_CLASSES)
     if args.dataset == "voc":
         return voc.DatasetSpec(args.data_dir or voc.VOC_DIR, "voc", voc.VOC_CLASSES)
+    if args.dataset == "cache":
+        return cache.dataset_spec(args.data_dir or "")
     if args.dataset == "camvid":
         return voc.DatasetSpec(
             args.data_dir or voc.CAMVID_DIR,
@@ -599,44 +607,59 @@ def dataset_from_flags(args: argparse.Namespace) -> voc.DatasetSpec:
 def run_cli(main: Callable[[], object]) -> None:
     """Run a script's `main`: bad input and Ctrl-C print one line, no traceback.
 
-    Exit status: 1 for bad input, 130 for Ctrl-C (the shell's 128 + SIGINT).
+    Exit status: 1 for bad input, 130 for Ctrl-C or SIGTERM (the shell's
+    128 + SIGINT); `common.stops` makes sure that a stop always ends here.
     """
     try:
         main()
-    except InputError as error:
+    except (InputError, WorkerLost) as error:
         raise SystemExit(f"error: {error}") from None
     except TrainingInterrupted as interruption:
-        print(f"\n{interruption}", file=sys.stderr)
-        raise SystemExit(130) from None
-    except KeyboardInterrupt:
-        print(
-            "\nInterrupted before training started; nothing to resume.", file=sys.stderr
-        )
-        raise SystemExit(130) from None
+        stops.exit_with(str(interruption))
+    except KeyboardInterrupt as error:  # Before the run folder: nothing is saved.
+        stops.exit_with(stops.message(error))
 
 
 def verify_main(argv: Sequence[str] | None = None) -> None:
-    """`python -m common.cli verify`: `voc.verify` with the training scripts' flags."""
+    """`python -m common.cli verify|cache`: check a dataset, or write its cache.
+
+    verify: `voc.verify` with the training scripts' flags. cache: the splits
+    as a `common.cache` folder (`--out`), which trains without TensorFlow.
+    """
     parser = ArgumentParser(
         prog="python -m common.cli",
-        description="Check every file of a split (readable, sizes matching, labels "
-        "in range) and print its class frequencies.",
+        description="verify: check every file of a split (readable, sizes "
+        "matching, labels in range) and print its class frequencies. cache: "
+        "write the splits as a compact cache that trains on any Keras backend "
+        "without TensorFlow (docs/gpu.md).",
     )
-    parser.add_argument("command", choices=["verify"], help="what to do")
+    parser.add_argument("command", choices=["verify", "cache"], help="what to do")
     parser.add_argument(
         "folder",
         nargs="?",
         help="dataset folder, same as --data-dir (default: the --dataset's)",
     )
     parser.add_argument(
-        "--split", default="train", help="split to check (default: %(default)s)"
+        "--split", default="train", help="verify: split to check (default: %(default)s)"
     )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "val"],
+        help="cache: splits to write (default: %(default)s)",
+    )
+    parser.add_argument("--out", help="cache: the folder to write")
     add_dataset_args(parser)
     args = parser.parse_args(argv)
     args.data_dir = args.folder or args.data_dir
+    if args.command == "cache" and not args.out:
+        parser.error("cache needs --out FOLDER")
 
     def check() -> None:
         dataset = resolve_dataset(args)
+        if args.command == "cache":
+            cache.write_cache(dataset, args.splits, args.out)
+            return
         voc.verify(
             dataset.data_dir,
             args.split,

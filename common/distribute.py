@@ -10,23 +10,57 @@ configured by the `TF_CONFIG` environment variable that every worker gets. With
 TensorFlow 2.21 and Keras 3.15, `model.fit` fails under that strategy before
 the first step (keras-team/keras#20585, tensorflow/tensorflow#72388), so those
 runs train with the custom loop of `common/multiworker.py` instead.
+
+On JAX and PyTorch there is no `tf.distribute`: `make_strategy` returns a
+`LocalDevices`, whose `scope()` changes nothing, and several local
+accelerators train data-parallel through `keras.distribution.DataParallel`
+(JAX only): each device takes a slice of the global batch, the gradients are
+averaged, and BN's statistics are those of the whole batch (as `--sync-bn`).
+Several machines stay TensorFlow's (`--strategy multiworker`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
 import keras
 
+from common import backend
 from common.backend import tf
 from common.errors import InputError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """`auto`: MirroredStrategy when more than one GPU is visible, else the default."""
+class LocalDevices:
+    """The strategy of the JAX and PyTorch backends: this machine's devices.
+
+    Has what the scripts use of a `tf.distribute.Strategy`: `scope()` (here a
+    no-op: variables are placed by `keras.distribution`, if set) and
+    `num_replicas_in_sync`, the devices that share each global batch.
+    """
+
+    @property
+    def num_replicas_in_sync(self) -> int:
+        distribution = keras.distribution.distribution()
+        if distribution is None:
+            return 1
+        return len(distribution.device_mesh.devices.flatten())
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy | LocalDevices:
+    """`auto`: MirroredStrategy when more than one GPU is visible, else the default.
+
+    On JAX or PyTorch, a `LocalDevices`; `auto` and `mirrored` on several JAX
+    accelerators set `keras.distribution.DataParallel` over all of them.
+    """
+    if backend.name() != "tensorflow":
+        return local_devices(name)
     if name == "auto":
         name = (
             "mirrored" if len(tf.config.list_logical_devices("GPU")) > 1 else "default"
@@ -44,6 +78,30 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise InputError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+
+
+def local_devices(name: str) -> LocalDevices:
+    """`make_strategy` on JAX and PyTorch: every local accelerator, or one device."""
+    if name in ("multiworker", "tpu"):
+        raise InputError(
+            f"--strategy {name} is TensorFlow's (tf.distribute); with "
+            f"KERAS_BACKEND={backend.name()} train on this machine's devices "
+            "(--strategy auto), or unset KERAS_BACKEND."
+        )
+    if name not in STRATEGIES:
+        raise InputError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    devices = keras.distribution.list_devices()
+    several = backend.name() == "jax" and backend.has_accelerator() and len(devices) > 1
+    if name in ("auto", "mirrored") and several:
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices))
+    return LocalDevices()
+
+
+def strategy_of(model: keras.Model) -> tf.distribute.Strategy | LocalDevices:
+    """The strategy `model` was built under (`LocalDevices` off TensorFlow)."""
+    if backend.name() == "tensorflow":
+        return model.distribute_strategy
+    return LocalDevices()
 
 
 def check_tf_config(tf_config: str | None) -> None:
@@ -75,6 +133,8 @@ def check_tf_config(tf_config: str | None) -> None:
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """True for `--strategy multiworker`, which trains with `common.multiworker`."""
+    if isinstance(strategy, LocalDevices):
+        return False
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -92,14 +152,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def set_precision(mixed: bool) -> str:
-    """Set Keras' global dtype policy: float16 on GPU, bfloat16 elsewhere.
+    """Set Keras' global dtype policy: float16 on a TensorFlow GPU, else bfloat16.
 
     Each model's last layer has `dtype="float32"`, so logits, softmax and the
     loss stay float32; `compile` adds loss scaling for float16 by itself.
+    JAX on a GPU takes bfloat16: the same speed on recent GPUs (H100, H200)
+    and float32's range, so no loss scaling.
     """
     if not mixed:
         policy = "float32"
-    elif tf.config.list_physical_devices("GPU"):
+    elif backend.name() == "tensorflow" and tf.config.list_physical_devices("GPU"):
         policy = "mixed_float16"
     else:
         policy = "mixed_bfloat16"

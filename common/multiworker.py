@@ -30,8 +30,12 @@ fit's recipe and outputs:
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
+import shlex
 import shutil
+import sys
 import tempfile
 
 import keras
@@ -132,7 +136,7 @@ def fit(
         logs.update(val_loss=val_loss, val_mean_iou=float(mean_iou(val_matrix)))
         state.end_epoch(epoch, logs["val_mean_iou"], val_loss, val_matrix)
         save_checkpoint(manager, chief)  # Before the outputs, as fit does.
-        report_metric.matrix.assign(val_matrix)
+        report_metric.set_matrix(val_matrix)
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
@@ -142,6 +146,50 @@ def fit(
     history.best_matrix = state.best_matrix.numpy()
     history.best_val_loss = float(state.best_val_loss.numpy())
     return history
+
+
+# What a collective raises on the survivors when a worker dies ("Socket
+# closed", "Connection reset", a timeout): `lost_worker_message` explains it.
+PEER_ERRORS = (
+    "UnavailableError",
+    "CancelledError",
+    "AbortedError",
+    "DeadlineExceededError",
+    "InternalError",
+)
+
+
+def is_peer_error(error: BaseException) -> bool:
+    """Whether `error` is one of `PEER_ERRORS` (TensorFlow's, so only under it)."""
+    if sys.modules.get("tensorflow") is None:
+        return False
+    return isinstance(error, tuple(getattr(tf.errors, name) for name in PEER_ERRORS))
+
+
+def lost_worker_message(error_text: str, tf_config: str, command: str) -> str:
+    """One line for a survivor of a lost worker: which, and the commands to resume.
+
+    TensorFlow names the peer that failed in its error text
+    (`/job:worker/replica:0/task:1`); this worker's own task is left out.
+    `command` is this worker's command line: every worker reruns it with its
+    own index in `TF_CONFIG`, and the loop resumes after the chief's last
+    saved epoch.
+    """
+    config = json.loads(tf_config)
+    own_task = (config["task"]["type"], config["task"]["index"])
+    named = re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", error_text)
+    lost = sorted({(job, int(index)) for job, index in named} - {own_task})
+    lost_names = " and ".join(f"{job} {index}" for job, index in lost)
+    resume = [
+        f"TF_CONFIG={shlex.quote(json.dumps({**config, 'task': task}))} {command}"
+        for job, addresses in config["cluster"].items()
+        for task in ({"type": job, "index": index} for index in range(len(addresses)))
+    ]
+    return (
+        f"Lost {lost_names or 'another worker'} of the cluster, so "
+        f"{own_task[0]} {own_task[1]} stopped too; the chief's --output-dir keeps "
+        f"every finished epoch. To resume, run on each worker: {' ; '.join(resume)}"
+    )
 
 
 def worker_description(
@@ -265,7 +313,7 @@ def train_epoch(train_step, batches, steps: int, callbacks) -> dict:
         callbacks.on_train_batch_begin(step)
         loss, counts = train_step(batches)
         losses.append(float(loss))
-        matrix = matrix + counts.numpy()
+        matrix = matrix + counts.numpy().astype(np.int64)  # int32 per batch.
         callbacks.on_train_batch_end(step, {"loss": float(np.mean(losses))})
         if callbacks.model.stop_training:
             break
@@ -283,7 +331,7 @@ def validate(val_step, batches, val_steps: int | None) -> tuple[float, np.ndarra
         loss, count, counts = val_step(batch)
         weighted_loss += float(loss) * float(count)
         images += float(count)
-        matrix = matrix + counts.numpy()
+        matrix = matrix + counts.numpy().astype(np.int64)  # int32 per batch.
     return weighted_loss / max(images, 1.0), np.asarray(matrix, np.int64)
 
 

@@ -59,8 +59,8 @@ def scores(matrix: np.ndarray, class_names: Sequence[str]) -> dict:
         "mean_iou": float(mean_iou(matrix)),
         "pixel_accuracy": float(pixel_accuracy(matrix)),
         "class_average_accuracy": float(class_average_accuracy(matrix)),
-        "per_class_iou": by_class(per_class_iou(matrix).numpy()),
-        "per_class_accuracy": by_class(per_class_accuracy(matrix).numpy()),
+        "per_class_iou": by_class(per_class_iou(matrix)),
+        "per_class_accuracy": by_class(per_class_accuracy(matrix)),
         "confusion_matrix": np.asarray(matrix).tolist(),
     }
 
@@ -109,6 +109,7 @@ def run_results(
         ),
         "training": {
             "model": model.name,
+            "backend": keras.backend.backend(),
             "parameters": model.count_params(),
             "loss": _described(model.loss),
             "optimizer": _described(model.optimizer),
@@ -242,7 +243,7 @@ def image_mean_iou(mask: np.ndarray, logits: np.ndarray, num_classes: int) -> fl
     Only the classes in this image's truth or prediction count (the others are
     NaN in `per_class_iou` and left out), so an image is scored on what it shows.
     """
-    matrix = confusion_counts(mask[None], logits[None], num_classes)
+    matrix = np.asarray(confusion_counts(mask[None], logits[None], num_classes))
     return float(mean_iou(matrix))
 
 
@@ -267,7 +268,7 @@ def predict_examples(
         # wrapped around `dataset` sees it end.
         if done == len(sizes):
             return
-        batch_images, batch_masks = batch[0].numpy(), batch[1].numpy()
+        batch_images, batch_masks = np.asarray(batch[0]), np.asarray(batch[1])
         logits = np.asarray(model.predict_on_batch(batch_images))
         batch_sizes = sizes[done:][: len(batch_images)]
         margin = (batch_images.shape[1] - batch_masks.shape[1]) // 2  # Valid U-Net.
@@ -301,6 +302,19 @@ def scored_examples(
     return images, masks, predictions, ious
 
 
+def validation_images(
+    args: argparse.Namespace, dataset: voc.DatasetSpec, val_ds
+) -> tuple[list[str], list[tuple[int, int]]]:
+    """The first `MAX_CANDIDATES` validation images' names and sizes as trained."""
+    if dataset.layout == "cache":  # `cache.EvaluationBatches` knows its own.
+        return val_ds.names[:MAX_CANDIDATES], val_ds.sizes[:MAX_CANDIDATES]
+    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)
+    pairs = pairs[:MAX_CANDIDATES]
+    sizes = [voc.scaled_size(size, args.image_scale) for size in voc.image_sizes(pairs)]
+    stems = [os.path.splitext(os.path.basename(image))[0] for image, _ in pairs]
+    return stems, sizes
+
+
 def plot_run(
     model: keras.Model,
     args: argparse.Namespace,
@@ -321,14 +335,12 @@ def plot_run(
     count = args.num_predictions
     if count <= 0:
         return
-    pairs = voc.list_pairs(dataset.data_dir, args.val_split, dataset.layout)
-    pairs = pairs[:MAX_CANDIDATES]
-    sizes = [voc.scaled_size(size, args.image_scale) for size in voc.image_sizes(pairs)]
+    stems, sizes = validation_images(args, dataset, val_ds)
     images, masks, predictions, ious = scored_examples(
         model, val_ds, sizes, dataset.num_classes
     )
     chosen = plots.choose_examples(masks, ious, count)
-    stems = [os.path.splitext(os.path.basename(pairs[i][0]))[0] for i in chosen]
+    stems = [stems[i] for i in chosen]
     plots.plot_predictions(
         [images[i] for i in chosen],
         [masks[i] for i in chosen],
@@ -385,14 +397,44 @@ def resume_command(args: argparse.Namespace) -> str:
 
 
 def interruption_message(args: argparse.Namespace, cause: str = "Ctrl-C") -> str:
-    """What an interruption left behind, and the command that resumes, if any."""
+    """What an interruption left behind, and the command that resumes, if any.
+
+    A worker of a multi-worker run other than the chief writes nothing: the
+    chief's folder holds the run. Once the last epoch is done, `fit` has
+    deleted `backup/`: nothing is left to resume, only the final scoring.
+    """
+    if not args.chief:
+        return (
+            f"Stopped by {cause}: this worker writes nothing; the chief's "
+            "--output-dir keeps the finished epochs. To resume, rerun the same "
+            f"command on every worker: {resume_command(args)}"
+        )
     finished = len(history_rows(args.output_dir))
     if not finished:
         return (
             f"Stopped by {cause} before the first epoch finished: nothing is "
             "saved, so there is nothing to resume."
         )
+    if finished >= args.epochs and not os.path.isdir(
+        os.path.join(args.output_dir, "backup")
+    ):
+        return finished_run_message(args, cause)
     return (
         f"Stopped by {cause}: {finished} of {args.epochs} epochs are finished and "
         f"saved. To resume: {resume_command(args)}"
+    )
+
+
+def finished_run_message(args: argparse.Namespace, cause: str) -> str:
+    """A stop after the last epoch: what the final scoring had written, if anything."""
+    if os.path.isfile(os.path.join(args.output_dir, RESULTS_FILE)):
+        return f"Stopped by {cause} at the end: the run is saved in {args.output_dir}."
+    best = os.path.join(args.output_dir, "best.keras")
+    command = ["python", "evaluate.py", "--model", best, "--dataset", args.dataset]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return (
+        f"Stopped by {cause} in the final evaluation: all {args.epochs} epochs are "
+        f"finished, and best.keras and history.csv are saved in {args.output_dir}; "
+        f"{RESULTS_FILE} is not written. To score best.keras: {shlex.join(command)}"
     )

@@ -29,15 +29,24 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 
-from common import cli, console, distribute, layers, multiworker, results, voc
+from common import (
+    backend,
+    cache,
+    cli,
+    console,
+    distribute,
+    layers,
+    multiworker,
+    results,
+    stops,
+    voc,
+)
 from common.backbones import copy_weights_by_name
 from common.backend import tf
 from common.errors import (
@@ -45,6 +54,7 @@ from common.errors import (
     InputError,
     TrainingDiverged,
     TrainingInterrupted,
+    WorkerLost,
 )
 from common.inference import load_model
 from common.losses import median_frequency_weights
@@ -78,7 +88,7 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
         args.sync_bn = True  # Else BN's moving statistics drift apart per worker.
     keras.utils.set_random_seed(args.seed)
     if args.deterministic:  # Deterministic kernels: same seed, same numbers.
-        tf.config.experimental.enable_op_determinism()
+        enable_determinism()
     policy = distribute.set_precision(args.mixed_precision)
     replicas = strategy.num_replicas_in_sync
     args.global_batch_size = args.batch_size * replicas
@@ -104,17 +114,42 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
     return strategy
 
 
+def enable_determinism() -> None:
+    """`--deterministic`: the same seed gives the same numbers, run after run.
+
+    TensorFlow picks deterministic kernels (slower on GPUs). JAX is
+    deterministic on CPU; on a GPU it needs XLA_FLAGS=
+    --xla_gpu_deterministic_ops=true before it starts, which this cannot set.
+    """
+    if backend.name() == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
+    elif backend.has_accelerator():
+        print(
+            "--deterministic: on a GPU, JAX needs "
+            "XLA_FLAGS=--xla_gpu_deterministic_ops=true set before the run."
+        )
+
+
 def describe_devices(strategy: tf.distribute.Strategy) -> str:
-    """E.g. "1 device (CPU)" or "4 devices (GPU, MirroredStrategy)"."""
+    """E.g. "1 device (CPU, JAX)" or "4 devices (GPU, MirroredStrategy)"."""
     replicas = strategy.num_replicas_in_sync
-    kind = next(
-        (kind for kind in ("TPU", "GPU") if tf.config.list_logical_devices(kind)),
-        "CPU",
-    )
-    text = f"{replicas} device{'s' if replicas > 1 else ''} ({kind}"
-    if replicas > 1:
+    text = f"{replicas} device{'s' if replicas > 1 else ''} ({device_kind()}"
+    if backend.name() != "tensorflow":
+        text += f", {backend.name().upper() if backend.name() == 'jax' else 'PyTorch'}"
+    elif replicas > 1:
         text += f", {strategy.__class__.__name__}"
     return text + ")"
+
+
+def device_kind() -> str:
+    """ "GPU", "TPU" or "CPU": where this backend computes."""
+    if backend.name() == "tensorflow":
+        return next(
+            (kind for kind in ("TPU", "GPU") if tf.config.list_logical_devices(kind)),
+            "CPU",
+        )
+    platform = keras.distribution.list_devices()[0].split(":")[0].upper()
+    return "GPU" if platform in ("CUDA", "ROCM") else platform
 
 
 # --------------------------------------------------------------------------
@@ -135,6 +170,13 @@ def make_datasets(
     each training pixel also carries its class's weight (the dataset's third
     element, Keras' `sample_weight`), and `args.class_weights` records them.
     """
+    if dataset.layout == "cache":  # No tf.data: batches made on the device.
+        args.class_weights = None
+        if args.class_weighting == "median":
+            raise InputError("--class-weighting median: not yet with --dataset cache.")
+        return cache.make_datasets(
+            dataset.data_dir, args, input_size_rule, label_margin
+        )
     common = dict(
         layout=dataset.layout,
         num_classes=dataset.num_classes,
@@ -383,8 +425,28 @@ def make_callbacks(
             initial_value_threshold=results.best_val_mean_iou(output_dir),
         ),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard")),
+        *tensorboard(output_dir),
     ]
+
+
+def tensorboard(output_dir: str) -> list[keras.callbacks.Callback]:
+    """TensorBoard's callback, or none where TensorFlow is not installed.
+
+    Keras writes TensorBoard's logs with `tf.summary` on every backend; a
+    machine with only JAX (the GPU machine of docs/gpu.md) trains without
+    them, and history.csv and curves.png still hold the curves.
+    """
+    if not backend.tensorflow_installed():
+        print("TensorBoard: off (TensorFlow is not installed); see history.csv.")
+        return []
+    return [keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"))]
+
+
+def batch_size_of(dataset) -> int:
+    """Images per batch of a `tf.data` pipeline or a `keras.utils.PyDataset`."""
+    if isinstance(dataset, keras.utils.PyDataset):
+        return dataset.batch_size
+    return dataset.element_spec[0].shape[0]
 
 
 # --------------------------------------------------------------------------
@@ -392,20 +454,12 @@ def make_callbacks(
 # --------------------------------------------------------------------------
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler ending the job, `kill`), handled as Ctrl-C is."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated
-
-
 @contextlib.contextmanager
 def resumable(args: argparse.Namespace) -> Iterator[None]:
     """Open the run folder; Ctrl-C, SIGTERM and unreadable files end in one line.
 
-    Ctrl-C or SIGTERM becomes `TrainingInterrupted`, whose message says how
-    many epochs are saved and gives the command that resumes
+    Ctrl-C or SIGTERM (`common.stops`) becomes `TrainingInterrupted`, whose
+    message says what is saved and gives the command that resumes
     (`common.cli.run_cli` prints it). A file the input pipeline cannot read
     becomes a `DatasetError` that names the `verify` command, which checks
     every file of the split. A run folder this run made is removed again if
@@ -414,19 +468,22 @@ def resumable(args: argparse.Namespace) -> Iterator[None]:
     new_folder = args.chief and not os.path.isdir(args.output_dir)
     if args.chief:  # The other workers of a multi-worker run write nothing.
         results.open_run_folder(args.output_dir)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        yield
+        with stops.handled(lambda cause: results.interruption_message(args, cause)):
+            yield
+    except KeyboardInterrupt as error:
+        message = stops.message(error)  # First: it is raised no more.
+        _remove_if_unused(args.output_dir, new_folder)
+        raise TrainingInterrupted(message) from None
     except BaseException as error:
-        if new_folder and not results.history_rows(args.output_dir):
-            shutil.rmtree(args.output_dir, ignore_errors=True)
-        if isinstance(error, KeyboardInterrupt):
-            cause = "SIGTERM" if isinstance(error, Terminated) else "Ctrl-C"
-            message = results.interruption_message(args, cause)
-            raise TrainingInterrupted(message) from None
-        if isinstance(error, tf.errors.InvalidArgumentError):
+        _remove_if_unused(args.output_dir, new_folder)
+        if os.environ.get("TF_CONFIG") and multiworker.is_peer_error(error):
+            raise WorkerLost(
+                multiworker.lost_worker_message(
+                    str(error), os.environ["TF_CONFIG"], results.resume_command(args)
+                )
+            ) from None
+        if backend.is_data_error(error):
             raise DatasetError(
                 f"While reading the data: {voc.tf_error_message(error)}\n"
                 "To check every file, run: "
@@ -434,9 +491,12 @@ def resumable(args: argparse.Namespace) -> Iterator[None]:
                 f"--split {args.train_split}"
             ) from None
         raise
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_if_unused(output_dir: str, new_folder: bool) -> None:
+    """Remove a run folder this run made if no epoch was saved in it."""
+    if new_folder and not results.history_rows(output_dir):
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def fit(
@@ -460,13 +520,13 @@ def fit(
     returned history also holds `optimizer_steps` (steps taken so far, resumed
     ones included) and `train_ms_per_step` for results.json.
     """
-    strategy = model.distribute_strategy
+    strategy = distribute.strategy_of(model)
     if sync_bn and strategy.num_replicas_in_sync > 1:
         synced = layers.synchronize_batch_norm(model)
         print(f"Synchronized {synced} batch norm layers across replicas (--sync-bn).")
     with strategy.scope():  # The strategy the model was built in.
         model.optimizer.build(model.trainable_variables)
-    batch = train_ds.element_spec[0].shape[0]
+    batch = batch_size_of(train_ds)
     print(
         f"{model.name}: {model.count_params():,} parameters; {steps_per_epoch} steps "
         f"of {batch} images per epoch"
@@ -510,7 +570,7 @@ def save_results(
     """
     best_path = os.path.join(args.output_dir, "best.keras")
     best_model = model
-    if distribute.is_multi_worker(model.distribute_strategy):
+    if distribute.is_multi_worker(distribute.strategy_of(model)):
         matrix, val_loss = history.best_matrix, history.best_val_loss
         if args.chief:  # The best epoch's weights, outside the strategy.
             best_model = multiworker.one_device_model(model, best_path)
@@ -523,7 +583,7 @@ def save_results(
             return_dict=True,
             verbose=console.progress_verbosity(),
         )
-        matrix, val_loss = metric.matrix.numpy(), evaluation["loss"]
+        matrix, val_loss = metric.matrix, evaluation["loss"]
     run = results.run_results(model, args, dataset, matrix, val_loss, history)
     if args.chief:
         table = iou_table(matrix, dataset.class_names)
