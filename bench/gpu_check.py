@@ -432,6 +432,11 @@ def main(argv=None) -> dict | None:
         steps = 1 if args.dry_run else args.steps
         measure(framework, name, precision, int(batch), int(crop), steps)
         return None
+    if not args.dry_run and device_name().startswith("CPU"):
+        raise SystemExit(
+            "gpu_check: nvidia-smi sees no GPU here; run it on the GPU machine "
+            "(docs/gpu.md), or add --dry-run for the same path on CPU."
+        )
     os.makedirs(args.out_dir, exist_ok=True)
     report = load_report(args.out_dir)
     parts = {"camvid": camvid_part, "speed": speed_part}

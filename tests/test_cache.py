@@ -1,0 +1,130 @@
+"""The dataset cache (common/cache.py) and the on-device augmentation (augment_ops).
+
+The cache is how the GPU machine, which has no TensorFlow, trains: written
+here by the project's reader, read back with numpy and OpenCV, and augmented
+with keras.ops on whichever backend runs (marked `backends`).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import augment_ops, cache, voc
+from common.constants import IGNORE_LABEL, IMAGE_MEAN
+from common.errors import DatasetError
+
+pytestmark = pytest.mark.backends
+
+
+@pytest.fixture(scope="module")
+def camvid_cache(camvid_dir, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("camvid-cache"))
+    dataset = voc.DatasetSpec(camvid_dir, "camvid", voc.CAMVID_CLASSES, voc.CAMVID_VOID)
+    cache.write_cache(dataset, ["train", "val"], out)
+    return out
+
+
+def test_masks_come_back_exact_with_void_as_255_and_images_close(
+    camvid_dir, camvid_cache
+):
+    images, masks, names = cache.read_split(camvid_cache, "train")
+    assert images.shape == (8, 45, 61, 3) and masks.shape == (8, 45, 61)
+    assert names[0] == "train_000"
+    stored = np.array(
+        Image.open(os.path.join(camvid_dir, "trainannot", "train_000.png"))
+    )
+    expected = np.where(stored == voc.CAMVID_VOID, IGNORE_LABEL, stored)
+    np.testing.assert_array_equal(masks[0], expected)  # PNG: lossless.
+    original = np.array(Image.open(os.path.join(camvid_dir, "train", "train_000.png")))
+    # JPEG at quality 95: these blocks of saturated colour with noise (std 10)
+    # are its worst case, and still within the noise; channels swapped (RGB
+    # read as BGR) would be far off.
+    assert np.abs(images[0].astype(int) - original).mean() < 10
+    assert np.abs(images[0][..., ::-1].astype(int) - original).mean() > 30
+    spec = cache.dataset_spec(camvid_cache)
+    assert (spec.layout, spec.class_names) == ("cache", voc.CAMVID_CLASSES)
+
+
+def test_a_folder_without_a_cache_is_one_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="python -m common.cli cache"):
+        cache.dataset_spec(str(tmp_path))
+
+
+def _striped(batch: int = 2, size: int = 24):
+    """Masks of vertical stripes (class = column // 6) and images that encode them."""
+    masks = np.tile((np.arange(size) // 6).astype(np.uint8), (batch, size, 1))
+    images = np.repeat((masks * 40 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+    return images, masks
+
+
+def test_scale_one_and_a_full_crop_give_the_image_or_its_mirror():
+    images, masks = _striped()
+    rng = np.random.default_rng(0)
+    out_images, out_masks = augment_ops.random_scale_crop_flip(
+        images, masks, 24, (1.0, 1.0), rng, IMAGE_MEAN
+    )
+    out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
+    for image, mask, out_image, out_mask in zip(images, masks, out_images, out_masks):
+        flipped = not np.array_equal(out_mask, mask)
+        expected = mask[:, ::-1] if flipped else mask
+        np.testing.assert_array_equal(out_mask, expected)
+        expected_image = image[:, ::-1] if flipped else image
+        np.testing.assert_allclose(out_image, expected_image, atol=1e-3)
+
+
+def test_labels_stay_labels_and_images_follow_their_masks():
+    images, masks = _striped(batch=8)
+    rng = np.random.default_rng(1)
+    out_images, out_masks = augment_ops.random_scale_crop_flip(
+        images, masks, 16, (0.5, 2.0), rng, IMAGE_MEAN
+    )
+    out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
+    assert out_images.shape == (8, 16, 16, 3) and out_masks.dtype == np.int32
+    assert set(np.unique(out_masks)) <= {0, 1, 2, 3, IGNORE_LABEL}
+    labelled = out_masks != IGNORE_LABEL
+    # Bilinear images blend across a stripe's edge; masks never do.
+    agree = np.abs(out_images[..., 0] - (out_masks * 40 + 20)) < 1
+    assert agree[labelled].mean() > 0.8
+
+
+def test_what_lies_outside_the_scaled_image_is_mean_and_void():
+    images, masks = _striped(batch=1, size=24)
+    rows = np.arange(24)[None]  # The whole 24x24 crop of a 12x12 scaled image.
+    out_images, out_masks = augment_ops.resample(
+        images, masks, rows, rows, np.array([[12, 12]]), IMAGE_MEAN
+    )
+    out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
+    assert (out_masks[0, 12:] == IGNORE_LABEL).all()
+    assert (out_masks[0, :, 12:] == IGNORE_LABEL).all()
+    assert (out_masks[0, :12, :12] != IGNORE_LABEL).all()
+    np.testing.assert_allclose(out_images[0, 20, 20], IMAGE_MEAN, atol=1e-4)
+
+
+def test_training_batches_repeat_with_the_seed_and_walk_through_the_split():
+    images, masks = _striped(batch=6)
+    first, again = (
+        cache.TrainingBatches(images, masks, 4, 16, 3, (0.5, 1.5), seed=7)
+        for _ in range(2)
+    )
+    np.testing.assert_array_equal(np.asarray(first[1][1]), np.asarray(again[1][1]))
+    # 3 batches of 4 from 6 images: two shuffled passes, each image twice.
+    ids = np.concatenate([first.image_ids(batch) for batch in range(3)])
+    assert sorted(ids) == sorted(list(range(6)) * 2)
+    with pytest.raises(IndexError):
+        first[3]
+
+
+def test_evaluation_batches_pad_like_the_pipeline_and_fill_the_last_batch(
+    camvid_cache,
+):
+    images, masks, names = cache.read_split(camvid_cache, "val")
+    batches = cache.EvaluationBatches(images, masks, names, 3)
+    assert len(batches) == 2 and batches.sizes == [(45, 61)] * 4
+    last_images, last_masks = (np.asarray(part) for part in batches[1])
+    assert last_images.shape == (3, 64, 64, 3) and last_masks.shape == (3, 64, 64)
+    np.testing.assert_array_equal(last_masks[0, :45, :61], masks[3].astype(np.int32))
+    assert (last_masks[0, 45:] == IGNORE_LABEL).all()
+    assert (last_masks[1:] == IGNORE_LABEL).all()  # Fillers count nothing.
+    np.testing.assert_allclose(last_images[0, 50, 50], IMAGE_MEAN, atol=1e-4)
