@@ -52,6 +52,7 @@ class _Stop:
         self.signum: int | None = None
         self.received = False  # Caught by our code: raise no more.
         self.exiting = False  # The message is printed; the process is ending.
+        self.deferring = 0  # Blocks that must finish first (`deferred`).
         self.describe: Callable[[str], str] = nothing_saved
         self.lock = threading.Lock()
 
@@ -103,6 +104,24 @@ def handled(describe: Callable[[str], str]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a stop back until this block ends: what it writes is written whole.
+
+    A checkpoint cut off in the middle of its write is a `.keras` file that
+    no longer loads (seen on the GPU: `best.keras` of a run stopped by its
+    time budget). A stop that arrives here is raised when the block ends, and
+    the watchdog's deadline waits for the block.
+    """
+    _stop.deferring += 1
+    try:
+        yield
+    finally:
+        _stop.deferring -= 1
+    if _stop.signum is not None and not _stop.received and not _stop.deferring:
+        raise StopRequested(CAUSES[_stop.signum])
+
+
 def message(error: KeyboardInterrupt) -> str:
     """Mark the stop as caught (no more raising); return its one line.
 
@@ -133,7 +152,7 @@ def _on_signal(signum: int, frame) -> None:
         _stop.signum = signum
         watchdog = threading.Thread(target=_watch, args=(_stop,), daemon=True)
         watchdog.start()
-    if not _stop.received:
+    if not _stop.received and not _stop.deferring:
         raise StopRequested(CAUSES[_stop.signum])
 
 
@@ -144,7 +163,7 @@ def _watch(stop: _Stop) -> None:
     watch: the caller carries on, and the process is not ours to end.
     """
     deadline = time.monotonic() + GRACE_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline or stop.deferring:
         time.sleep(RETRY_S)
         if stop.received and not _owns_process:
             return

@@ -406,18 +406,20 @@ class StopOnNaNLoss(keras.callbacks.Callback):
 def make_callbacks(
     args: argparse.Namespace, metric: ConfusionMatrix, class_names: Sequence[str]
 ) -> list[keras.callbacks.Callback]:
-    """The NaN stop, IoU table, resume, best checkpoint, history.csv, TensorBoard.
+    """The NaN stop, IoU table, best checkpoint, history.csv, resume, TensorBoard.
 
     `metric` is the `ConfusionMatrix` the model is compiled with.
     `ModelCheckpoint` keeps the epoch with the best validation mean IoU; a
-    resumed run starts it from the best value already in history.csv.
+    resumed run starts it from the best value already in history.csv. The
+    resume backup comes after history.csv: an epoch counts as saved once
+    both hold it, so a stop between the two (each written whole) resumes
+    from the epoch before, and history.csv never misses an epoch.
     """
     output_dir = args.output_dir
     return [
         StopOnNaNLoss(args),  # First: ends the epoch before anything saves it.
         IoUReport(metric, class_names),  # Adds val_pixel_accuracy to the logs.
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(
+        ModelCheckpoint(
             os.path.join(output_dir, "best.keras"),
             monitor="val_mean_iou",
             mode="max",
@@ -425,8 +427,25 @@ def make_callbacks(
             initial_value_threshold=results.best_val_mean_iou(output_dir),
         ),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+        BackupAndRestore(os.path.join(output_dir, "backup")),
         *tensorboard(output_dir),
     ]
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' resume backup, written whole even when a stop arrives meanwhile."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        with stops.deferred():
+            super().on_epoch_end(epoch, logs)
+
+
+class ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' best checkpoint, written whole even when a stop arrives meanwhile."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        with stops.deferred():
+            super().on_epoch_end(epoch, logs)
 
 
 def tensorboard(output_dir: str) -> list[keras.callbacks.Callback]:

@@ -20,6 +20,7 @@ import time
 import pytest
 
 from common import multiworker, stops
+from common.errors import StopRequested
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCESS_TIMEOUT_S = 240  # Start-up alone can take 30 s on a loaded machine.
@@ -120,7 +121,7 @@ CAUSE = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
         ("import", signal.SIGINT, 2, "while starting: nothing is saved"),
         ("gc", signal.SIGTERM, 1000, "before the first epoch finished"),
         ("validation", signal.SIGINT, 2, "before the first epoch finished"),
-        ("checkpoint", signal.SIGTERM, 3, "1 of 3 epochs are finished and saved"),
+        ("checkpoint", signal.SIGTERM, 3, "2 of 3 epochs are finished and saved"),
         ("final", signal.SIGINT, 2, "in the final evaluation: all 2 epochs"),
     ],
 )
@@ -136,14 +137,26 @@ def test_a_stop_in_any_phase_exits_130_in_one_line(
     lines = [line for line in stderr.splitlines() if "Stopped by" in line]
     assert len(lines) == 1 and stderr.rstrip().endswith(lines[0]), stderr[-3000:]
     assert lines[0].startswith(f"Stopped by {CAUSE[signum]}") and says in lines[0]
-    if phase == "checkpoint":  # Stopped before epoch 2's save: epoch 1 resumes.
+    if phase == "checkpoint":  # Epoch 2's save, begun, is finished first.
         assert "To resume: python unet_train.py --dataset shapes" in lines[0]
         metadata = output_dir / "backup" / "training_metadata.json"
-        assert json.loads(metadata.read_text())["epoch"] == 1
+        assert json.loads(metadata.read_text())["epoch"] == 2
     if phase == "final":  # Nothing to resume: the backup is gone, best.keras kept.
         assert "To score best.keras: python evaluate.py --model" in lines[0]
         assert (output_dir / "best.keras").exists()
         assert not (output_dir / "backup").exists()
+
+
+def test_a_stop_waits_for_a_deferred_block_then_is_raised():
+    finished = []
+    with pytest.raises(StopRequested) as stop:
+        with stops.handled(lambda cause: f"Stopped by {cause}"):
+            with stops.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(2 * stops.RETRY_S)  # The watchdog retries meanwhile.
+                finished.append("written")
+    assert finished == ["written"]
+    assert stops.message(stop.value) == "Stopped by Ctrl-C"
 
 
 TF_CONFIG = json.dumps(
