@@ -170,12 +170,16 @@ def camvid_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
             argv,
             time.time(),
         )
-    for name, (process, argv, start) in started.items():
-        status = process.wait()
-        row = camvid_row(name, argv, os.path.join(out_dir, "runs", name))
-        row.update(status=status, wall_s=round(time.time() - start))
-        report["camvid"].append(row)
-        save_report(out_dir, report)
+    while started:  # Each row as its run ends, with its own wall time.
+        for name, (process, argv, start) in list(started.items()):
+            if process.poll() is None:
+                continue
+            row = camvid_row(name, argv, os.path.join(out_dir, "runs", name))
+            row.update(status=process.returncode, wall_s=round(time.time() - start))
+            report["camvid"].append(row)
+            save_report(out_dir, report)
+            del started[name]
+        time.sleep(1)
 
 
 def camvid_row(name: str, argv: list[str], run_dir: str) -> dict:

@@ -538,6 +538,12 @@ def list_pairs(
         pairs = _stem_pairs(
             os.path.join(split_dir, "images"), os.path.join(split_dir, "masks")
         )
+    elif layout == "cache":  # common.cache: training only.
+        raise DatasetError(
+            f"{data_dir} is a dataset cache, which only training reads; name the "
+            "dataset it was written from, e.g. --dataset camvid --data-dir "
+            "data/CamVid."
+        )
     else:
         raise DatasetError(
             f"Unknown layout {layout!r}: use auto, voc, camvid or folder."

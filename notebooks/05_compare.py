@@ -20,9 +20,9 @@
 # With CamVid in `data/CamVid` (`bash data/camvid_download.sh`), they train on
 # real street scenes with the CamVid recipes in `CAMVID_RECIPES`, 12-33 minutes
 # each on two CPU cores (measured), and are scored on every pixel of the 101
-# validation images at 360 x 480, as in the README's CamVid table ("The four on
-# CamVid street scenes": the same recipes, with the SegNet paper's rows beside
-# them). Without it, they train on the built-in
+# validation images at 360 x 480, as in the README's CamVid results table (the
+# same recipes; every run, with the SegNet paper's rows beside them, in
+# `docs/camvid.md`). Without it, they train on the built-in
 # `shapes` with one shared budget of minutes: the same crop, batch, optimizer,
 # number of steps and seed.
 #
