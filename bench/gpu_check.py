@@ -37,6 +37,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import console  # noqa: F401, E402  (first: TensorFlow loads quietly)
+
+# isort: split
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+import deeplab_train  # noqa: E402
+import unet_train  # noqa: E402
+from common.errors import InputError  # noqa: E402
+from common.inference import load_model  # noqa: E402
+from common.losses import segmentation_loss  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = "data/camvid-cache"
 # Each script's CamVid recipe for one GPU: full resolution (crops of 352 from
@@ -282,14 +295,6 @@ def measure(
 
 
 def keras_step_seconds(name, precision, batch, crop, steps) -> float:
-    import keras
-    import numpy as np
-    from keras import ops
-
-    import deeplab_train
-    import unet_train
-    from common.losses import segmentation_loss
-
     if precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     builders = {
@@ -360,9 +365,6 @@ def export_models(out_dir: str, max_mib: float = 16) -> list[str]:
 
     Only files of at most `max_mib` are kept (what the GPU machine can return).
     """
-    from common.errors import InputError
-    from common.inference import load_model
-
     weights_dir, runs_dir = (
         os.path.join(out_dir, "weights"),
         os.path.join(out_dir, "runs"),
