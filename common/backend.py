@@ -9,10 +9,12 @@ any of them; what only TensorFlow can do (the `tf.data` reader,
 
 It is TensorFlow itself, imported (quietly, `common.console`) the first time
 an attribute is read. So `import unet_train` works on a machine with only
-`keras` and `jax` installed, and a JAX run imports TensorFlow only when it
-builds a `tf.data` pipeline. When TensorFlow loads under another backend it
-is kept off the GPUs, which belong to JAX or PyTorch. Where TensorFlow is
-not installed, the first use raises `TensorFlowMissing` naming what needed it.
+`keras` and `jax` installed. When TensorFlow loads under another backend it
+is kept off the GPUs, which belong to JAX or PyTorch; Keras itself imports
+TensorFlow wherever it is installed when it saves a model or writes
+TensorBoard logs, so a training run loads it through here first
+(`load_tensorflow_off_the_gpus`). Where TensorFlow is not installed, the
+first use raises `TensorFlowMissing` naming what needed it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def tensorflow_installed() -> bool:
         return importlib.util.find_spec("tensorflow") is not None
     except (ImportError, ValueError):  # Hidden from this process, as tests do.
         return False
+
+
+def load_tensorflow_off_the_gpus() -> None:
+    """On JAX or PyTorch, import an installed TensorFlow now, with no GPU.
+
+    Keras imports TensorFlow by itself wherever it is installed (saving a
+    model checks for it, TensorBoard writes with it); imported that way it
+    would take the GPUs' memory from the backend that trains.
+    """
+    if name() != "tensorflow" and tensorflow_installed():
+        _import_tensorflow("config")
 
 
 def is_data_error(error: BaseException) -> bool:

@@ -78,6 +78,7 @@ def set_up(args: argparse.Namespace, script: str) -> tf.distribute.Strategy:
     TensorFlow's op determinism for the rest of the process. A missing
     `--init-from` file stops the run here, before any work.
     """
+    backend.load_tensorflow_off_the_gpus()
     strategy = distribute.make_strategy(args.strategy)
     if distribute.is_multi_worker(strategy):
         if args.jit_compile == "on":
