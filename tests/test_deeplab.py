@@ -85,6 +85,7 @@ def test_v1_largefov_output_stride_8():
         build_deeplab(21, "v1", output_stride=16)
 
 
+@pytest.mark.backends
 def test_v3plus_xception65_paper_size():
     """Aligned Xception-65 v3+: the model zoo's 41,258,213 parameters, both strides.
 
@@ -114,6 +115,7 @@ def test_v3plus_xception65_paper_size():
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "variant, backbone, expected",
     [

@@ -42,6 +42,7 @@ def randomize_scores(model: keras.Model, seed: int = 0) -> None:
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize(
     "variant, expected", [("16s", 134_815_994), ("32s", 136_152_917)]
 )

@@ -31,6 +31,7 @@ def segnet_vgg16() -> keras.Model:
     return build_segnet(12)
 
 
+@pytest.mark.backends
 def test_segnet_vgg16_parameter_count(segnet_vgg16):
     # Encoder, VGG-16's 13 3x3 convolutions, no biases (batch norm follows):
     #   9 * (3*64 + 64*64 + 64*128 + 128*128 + 128*256 + 2*256*256 + 256*512
@@ -47,6 +48,7 @@ def test_segnet_vgg16_parameter_count(segnet_vgg16):
     assert trainable_parameters(segnet_vgg16) == 29_441_996
 
 
+@pytest.mark.backends
 def test_segnet_basic_parameter_count():
     # 7x7 convolutions without biases: encoder 49*(3*64 + 3*64*64) = 611,520,
     # decoder 4*49*64*64 = 802,816; batch norm 8*2*64 = 1,024; 1x1 logits

@@ -13,6 +13,7 @@ from unet_train import (
 )
 
 
+@pytest.mark.backends
 def test_paper_unet_parameter_count_and_output_size():
     model = build_unet(2, input_shape=(572, 572, 1), padding="valid", batch_norm=False)
     assert model.count_params() == 31_030_658

@@ -57,6 +57,7 @@ def read_history(output_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.backends
 def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
     argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "4", "--learning-rate", "0.003")
     results = unet_train.main(argv)
@@ -81,6 +82,7 @@ def test_main_trains_and_writes_every_output(shapes_dir, tmp_path):
     assert settings["learning_rate"] == 0.003 and settings["global_batch_size"] == 4
     assert settings["crop_size"] == 64 and settings["padding"] == "same"
     assert used["loss"]["ignore_class"] == 255 and used["optimizer"]["class"] == "Adam"
+    assert used["backend"] == keras.backend.backend()  # CI: TensorFlow, then JAX.
     assert used["batch_norm"] == {
         "layers": 18,
         "trained": 18,
@@ -109,6 +111,7 @@ class StopBeforeEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.backends
 def test_interrupted_run_resumes_where_it_stopped(shapes_dir, tmp_path, monkeypatch):
     argv = tiny_argv(shapes_dir, tmp_path, "--epochs", "3")
     make_callbacks = training.make_callbacks
@@ -141,6 +144,7 @@ class PoisonWeightsAtEpoch(keras.callbacks.Callback):
                 weight.assign(np.full(weight.shape, np.nan, weight.dtype))
 
 
+@pytest.mark.backends
 def test_nan_loss_stops_before_anything_saves_nan_weights(
     shapes_dir, tmp_path, monkeypatch
 ):
