@@ -4,6 +4,8 @@ Each entry of `MODELS` builds one architecture at its script's default
 configuration for the 21 VOC classes; `default_crop_size` asks that script's
 parser for its default `--crop-size`. `sample_pairs` finds the 40 VOC images of
 `voc_sample_ids.txt` in your VOC download, so every bench reads the same ones.
+Memory and the device are asked of the Keras backend that runs the process
+(`common.backend`), so a benchmark runs on JAX without TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
 import keras
-import tensorflow as tf
 
 import deeplab_train
 import fcn_train
 import segnet_train
 import unet_train
+from common import backend
+from common.backend import tf
 from common.errors import DatasetError
 from deeplab_train import build_deeplab
 from fcn_train import build_fcn
@@ -72,7 +75,10 @@ def in_fresh_process(function: Callable, *args, env: Mapping[str, str] | None = 
     A process's peak resident set never goes down, so measuring several models
     in one process would report the largest so far for each of them. `env`
     adds environment variables for that process only, e.g.
-    `{"TF_ENABLE_ONEDNN_OPTS": "1"}`, which TensorFlow reads when it loads.
+    `{"TF_ENABLE_ONEDNN_OPTS": "1"}`, which TensorFlow reads when it loads, or
+    `{"KERAS_BACKEND": "jax"}`, which Keras reads when it is imported: the
+    "spawn" start method runs a new interpreter, which imports Keras (and the
+    module of `function`) afresh under this environment.
     """
     context = multiprocessing.get_context("spawn")
     saved = dict(os.environ)
@@ -113,17 +119,25 @@ def cpu_description() -> str:
 
 
 def peak_memory_mb() -> float:
-    """The GPU's peak (since the last reset) where there is one, else this
-    process's peak resident memory (ru_maxrss is in KiB on Linux); run each
-    measurement `in_fresh_process` for a number per model."""
-    if tf.config.list_physical_devices("GPU"):
+    """The accelerator's peak (since the last reset) where there is one, else
+    this process's peak resident memory (ru_maxrss is in KiB on Linux); run
+    each measurement `in_fresh_process` for a number per model."""
+    if not backend.has_accelerator():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if backend.name() == "tensorflow":
         return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if backend.name() == "jax":
+        import jax
+
+        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def device_name() -> str:
     """ "GPU" or "CPU xN", for the table's header."""
-    if tf.config.list_physical_devices("GPU"):
+    if backend.has_accelerator():
         return "GPU"
     return f"CPU x{os.cpu_count()}"
 

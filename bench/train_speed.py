@@ -4,6 +4,7 @@
     python bench/train_speed.py                          # all models, 256 px, batch 2
     python bench/train_speed.py --crop-size 512 --batch-size 8 --models unet fcn8s
     python bench/train_speed.py --onednn off on --crop-size 128 --batch-size 4 --no-peer
+    python bench/train_speed.py --backend tensorflow jax --crop-size 128 --no-peer
 
 For each model, on one batch held in memory (so the input pipeline is not
 measured; `bench/pipeline.py` does that): parameters, forward FLOPs per image
@@ -17,7 +18,13 @@ time per step over the peer's (compare it on the deeplabv3plus_resnet50 row).
 Each model runs in a fresh process, so peak memory is its own, and under
 each `--onednn` setting (TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` when it
 loads); the header names the CPU, its AVX-512/AMX features and whether
-TensorFlow turns oneDNN on there by default. Note that
+TensorFlow turns oneDNN on there by default. `--backend tensorflow jax`
+times every model on each Keras backend, each in its own process
+(`KERAS_BACKEND` is set for it), and adds a side-by-side table: ms per step
+on each and the ratio. JAX always compiles the step with XLA; TensorFlow
+does only with `--jit-compile`. On JAX the FLOPs (a TensorFlow graph's count)
+and the share of matmul are not given, and the peer runs on TensorFlow only.
+Note that
 keras-hub's DeepLabV3 applies its pyramid pooling to the stride-32 map of an
 undilated ResNet, which costs far fewer FLOPs than the dilated
 output-stride-16 network of the paper.
@@ -35,8 +42,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.python.util import _pywrap_util_port  # noqa: E402  (oneDNN state)
 
 from bench.harness import (  # noqa: E402
     MODELS,
@@ -48,7 +53,8 @@ from bench.harness import (  # noqa: E402
     in_fresh_process,
     peak_memory_mb,
 )
-from common import distribute  # noqa: E402
+from common import backend  # noqa: E402
+from common.backend import tf  # noqa: E402
 from common.losses import segmentation_loss  # noqa: E402
 
 
@@ -75,7 +81,7 @@ def keras_hub_deeplab() -> keras.Model:
 
 
 def forward_flops(model: keras.Model, crop_size: int) -> float:
-    """Floating-point operations of one forward pass on one image."""
+    """Floating-point operations of one forward pass on one image (TensorFlow)."""
     spec = tf.TensorSpec((1, crop_size, crop_size, 3), tf.float32)
     graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
@@ -110,16 +116,12 @@ def median_seconds(step: Callable[[], object], repeats: int) -> float:
 PEER = "keras-hub deeplabv3+ r50"
 
 
-def measure(
-    name: str, args: argparse.Namespace, rate: float, mixed_precision: bool = False
-) -> dict:
+def measure(name: str, args: argparse.Namespace, rate: float | None) -> dict:
     """Time one model (run it `in_fresh_process`: peak memory is per process).
 
-    `mixed_precision` builds it under the scripts' `--mixed-precision` policy
-    (mixed_float16 on GPU, mixed_bfloat16 elsewhere); `bench/gpu_check.py`
-    compares the two.
+    `rate` is `matmul_rate()` on TensorFlow; on another backend "gflops" and
+    "share" are None, as the FLOPs are counted on a TensorFlow graph.
     """
-    distribute.set_precision(mixed_precision)
     keras.utils.set_random_seed(0)
     model = keras_hub_deeplab() if name == PEER else MODELS[name]()
     rng = np.random.default_rng(0)
@@ -130,22 +132,26 @@ def measure(
         optimizer=keras.optimizers.SGD(1e-3, momentum=0.9),
         loss=segmentation_loss(),
         metrics=[],  # keras-hub's segmenter would add accuracy by default.
-        jit_compile=args.jit_compile,
+        # Keras on JAX runs an uncompiled step op by op, far slower than
+        # anyone trains; XLA is how JAX runs.
+        jit_compile=True if backend.name() == "jax" else args.jit_compile,
     )
     train = median_seconds(lambda: model.train_on_batch(images, masks), args.steps)
     infer = median_seconds(lambda: model.predict_on_batch(images), args.steps)
-    flops = forward_flops(model, args.crop_size)
-    row = {
+    gflops = share = None
+    if backend.name() == "tensorflow":
+        flops = forward_flops(model, args.crop_size)
+        gflops, share = flops / 1e9, 3 * flops * args.batch_size / train / rate
+    return {
         "model": name,
         "params_m": model.count_params() / 1e6,
-        "gflops": flops / 1e9,
+        "gflops": gflops,
         "train_ips": args.batch_size / train,
         "infer_ips": args.batch_size / infer,
         "ms_step": 1000 * train,
         "peak_mb": peak_memory_mb(),
-        "share": 3 * flops * args.batch_size / train / rate,
+        "share": share,
     }
-    return row
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -168,6 +174,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no-peer", action="store_true", help="skip keras-hub's model")
     parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=list(BACKEND_NAMES),
+        default=["tensorflow"],
+        help="Keras backend(s); each model is timed on each in its own process, "
+        "and `--backend tensorflow jax` adds a side-by-side table "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--onednn",
         nargs="+",
         choices=list(ONEDNN),
@@ -186,10 +201,14 @@ def onednn_is_on() -> bool:
     its own rule for the CPU (on for x86 CPUs with AVX-512 VNNI, BF16 or AMX
     instructions: most Intel servers, and AMD Zen 4).
     """
+    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own flag.
+
     return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def print_table(rows: list[dict], heading: str, peer_ms: float | None) -> None:
+    """One row per model; "-" where a number was not measured (FLOPs off
+    TensorFlow)."""
     print(heading)
     header = (
         "model",
@@ -204,53 +223,98 @@ def print_table(rows: list[dict], heading: str, peer_ms: float | None) -> None:
     )
     print("".join(f"{h:>12}" if i else f"{h:<26}" for i, h in enumerate(header)))
     for row in rows:
+        gflops = (
+            f"{row['gflops']:>12.1f}" if row["gflops"] is not None else f"{'-':>12}"
+        )
+        share = f"{row['share']:>12.0%}" if row["share"] is not None else f"{'-':>12}"
         print(
-            f"{row['model']:<26}{row['params_m']:>12.1f}{row['gflops']:>12.1f}"
+            f"{row['model']:<26}{row['params_m']:>12.1f}{gflops}"
             f"{row['train_ips']:>12.2f}{row['infer_ips']:>12.2f}"
-            f"{row['ms_step']:>12.0f}{row['peak_mb']:>12.0f}{row['share']:>12.0%}"
+            f"{row['ms_step']:>12.0f}{row['peak_mb']:>12.0f}{share}"
             + (f"{row['ms_step'] / peer_ms:>11.2f}x" if peer_ms else "")
         )
 
 
-def print_onednn_comparison(tables: dict[str, list[dict]]) -> None:
-    """Each model's step and inference under every oneDNN setting, side by side."""
-    modes = list(tables)
-    print(f"\noneDNN {' vs '.join(modes)}: ms/step (ratio to {modes[0]}), infer img/s")
-    for index, row in enumerate(tables[modes[0]]):
+def print_comparison(tables: dict[str, list[dict]], what: str = "") -> None:
+    """Each model's step and inference in every table, side by side, with the
+    step's ratio to the first table's; a model missing from a table (the
+    peer, TensorFlow only) is left out."""
+    labels = list(tables)
+    width = max(8, *(len(label) + 1 for label in labels))
+    print(f"\n{what}{' vs '.join(labels)}: ms/step (ratio to {labels[0]}), infer img/s")
+    by_model = [{row["model"]: row for row in tables[label]} for label in labels]
+    for row in tables[labels[0]]:
+        if not all(row["model"] in rows for rows in by_model):
+            continue
         line = f"{row['model']:<26}"
-        for mode in modes:
-            other = tables[mode][index]
+        for label, rows in zip(labels, by_model):
+            other = rows[row["model"]]
             ratio = other["ms_step"] / row["ms_step"]
-            line += f"{mode:>8}{other['ms_step']:>8.0f} ms ({ratio:.2f}x)"
+            line += f"{label:>{width}}{other['ms_step']:>8.0f} ms ({ratio:.2f}x)"
             line += f"{other['infer_ips']:>7.2f}/s"
         print(line)
 
 
+# The name each backend's tables go by.
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX"}
+
+
 def main(argv=None) -> dict[str, list[dict]]:
-    """Every model under each `--onednn` setting; returns setting -> rows."""
+    """Every model under each setting; returns setting -> rows: each `--onednn`
+    setting on TensorFlow by its name ("default", "off", "on"), each other
+    `--backend` by its own ("jax")."""
     args = parse_args(argv)
-    rate = matmul_rate()
-    names = [*args.models, *([] if args.no_peer else [PEER])]
-    tables = {
-        mode: [
-            in_fresh_process(measure, name, args, rate, env=ONEDNN[mode])
-            for name in names
-        ]
-        for mode in args.onednn
-    }
-    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    # The denominator of TensorFlow's share of matmul (its FLOPs only).
+    rate = matmul_rate() if "tensorflow" in args.backend else None
+    tables = {}
+    for backend_name in args.backend:
+        environment = {"KERAS_BACKEND": backend_name}
+        if backend_name != "tensorflow":
+            tables[backend_name] = [
+                in_fresh_process(measure, name, args, rate, env=environment)
+                for name in args.models
+            ]
+            continue
+        names = [*args.models, *([] if args.no_peer else [PEER])]
+        for mode in args.onednn:
+            tables[mode] = [
+                in_fresh_process(
+                    measure, name, args, rate, env={**environment, **ONEDNN[mode]}
+                )
+                for name in names
+            ]
+    tensorflow = ""
+    if rate is not None:
+        setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+        origin = f"TF_ENABLE_ONEDNN_OPTS={setting}" if setting else "TensorFlow default"
+        tensorflow = (
+            f"; oneDNN {'on' if onednn_is_on() else 'off'} in this process ({origin})"
+            f"; float32 matmul {rate / 1e9:.0f} GFLOP/s"
+        )
     print(
-        f"\n{device_name()}: {cpu_description()}; oneDNN "
-        f"{'on' if onednn_is_on() else 'off'} in this process "
-        f"({f'TF_ENABLE_ONEDNN_OPTS={setting}' if setting else 'TensorFlow default'}"
-        f"); float32 matmul {rate / 1e9:.0f} GFLOP/s; crop {args.crop_size}, "
+        f"\n{device_name()}: {cpu_description()}{tensorflow}; crop {args.crop_size}, "
         f"batch {args.batch_size}, XLA {args.jit_compile}"
+        + ("" if args.backend == ["tensorflow"] else " (JAX: always)")
     )
-    for mode, rows in tables.items():
+    for key, rows in tables.items():
+        if key == "jax":
+            print_table(rows, "\nJAX (XLA; no FLOPs counted, no peer):", None)
+            continue
         peer_ms = rows[-1]["ms_step"] if not args.no_peer else None
-        print_table(rows, f"\noneDNN {mode}:", peer_ms)
-    if len(tables) > 1:
-        print_onednn_comparison(tables)
+        print_table(rows, f"\noneDNN {key}:", peer_ms)
+    onednn_tables = {mode: tables[mode] for mode in args.onednn if mode in tables}
+    if len(onednn_tables) > 1:
+        print_comparison(onednn_tables, "oneDNN ")
+    if len(args.backend) > 1:
+        # TensorFlow under the first --onednn setting, beside each other backend.
+        print_comparison(
+            {
+                BACKEND_NAMES[name]: tables[
+                    args.onednn[0] if name == "tensorflow" else name
+                ]
+                for name in args.backend
+            }
+        )
     return tables
 
 

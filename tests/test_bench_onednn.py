@@ -31,7 +31,7 @@ def test_comparison_table_gives_each_ratio_to_the_first_setting(capsys):
     def row(ms: float) -> dict:
         return {"model": "fcn8s", "ms_step": ms, "infer_ips": 2.0}
 
-    train_speed.print_onednn_comparison({"off": [row(4000)], "on": [row(5000)]})
+    train_speed.print_comparison({"off": [row(4000)], "on": [row(5000)]}, "oneDNN ")
     line = capsys.readouterr().out.splitlines()[-1]
     assert "4000 ms (1.00x)" in line and "5000 ms (1.25x)" in line
 
