@@ -68,9 +68,12 @@ class MatmulConv2D(layers.Conv2D):
     (its default on Intel) the forward pass alone 870 ms, 3.8x the 230 ms
     without. The same sum as one large matrix product
     (`shifted_copies_product`) runs near the matmul speed of either library:
-    see `bench/conv_paths.py` for the measurements that set this rule. Those
-    were TensorFlow's CPU kernels only: on a GPU (cuDNN) and under JAX or
-    PyTorch (XLA's and ATen's own kernels) the layer is plain `Conv2D`.
+    see `bench/conv_paths.py` for the measurements that set this rule. XLA's
+    CPU convolution is slower still on this shape: fc6 forward and backward
+    for a batch of 4 at crop 128 took 8.6 s on JAX, and 0.3 s as the product
+    (2-core AMD EPYC, JAX 0.10). So on a CPU, TensorFlow's or JAX's, the
+    layer is the product; on a GPU (cuDNN) and under PyTorch it is plain
+    `Conv2D`.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -80,7 +83,7 @@ class MatmulConv2D(layers.Conv2D):
 
     def _product_is_faster(self, inputs) -> bool:
         return (
-            backend.name() == "tensorflow"
+            backend.name() in ("tensorflow", "jax")
             and not backend.has_accelerator()
             and self._product_applies()
         )
@@ -101,7 +104,9 @@ class AtrousConv2D(MatmulConv2D):
 
     A 3x3 kernel with dilation rate r reads the input at offsets -r, 0, +r. On
     a GPU, and under JAX or PyTorch, this layer is exactly
-    `Conv2D(dilation_rate=r)` (cuDNN and XLA dilate natively). On a CPU,
+    `Conv2D(dilation_rate=r)` (cuDNN and XLA dilate natively; on JAX's CPU a
+    rate-18 branch on a 32x32 map took 34 ms as a convolution and 48 ms as
+    the product). On a CPU,
     TensorFlow without oneDNN (its default on AMD processors) runs a dilated
     convolution by space-to-batch: it cuts the map into r x r sub-images of
     about side/r pixels, convolves each without dilation and reassembles them.
@@ -121,6 +126,7 @@ class AtrousConv2D(MatmulConv2D):
             and None not in sides
             and min(side / rate for side, rate in zip(sides, self.dilation_rate))
             < MIN_SUBIMAGE_SIDE
+            and backend.name() == "tensorflow"  # Space-to-batch is TensorFlow's.
             and super()._product_is_faster(inputs)
         )
 
