@@ -283,24 +283,24 @@ def _with_weights(images, masks, table):
 
 
 def make_datasets(
+    images: np.ndarray,
+    masks: np.ndarray,
     data_dir: str,
     args: argparse.Namespace,
+    steps: int,
     input_size_rule: Callable[[int], int] = voc.round_up,
     label_margin: int = 0,
-) -> tuple[TrainingBatches, EvaluationBatches, int]:
-    """`training.make_datasets` for a cache: training and validation batches, steps."""
+) -> tuple[TrainingBatches, EvaluationBatches]:
+    """`training.make_datasets`'s batches for a cache: training and validation.
+
+    images, masks: the training split (`read_split`), already read by the
+    caller to count it and its classes; the validation split is read here.
+    """
     if args.image_scale != 1:
         raise DatasetError(
             "--image-scale: a cache holds one size; write it from resized images."
         )
-    images, masks, _ = read_split(data_dir, args.train_split)
     batch_size = args.global_batch_size
-    if len(images) < batch_size:
-        raise DatasetError(
-            f"Split {args.train_split!r} has {len(images)} images, fewer than "
-            f"the global batch of {batch_size}."
-        )
-    steps = args.steps_per_epoch or len(images) // batch_size
     train = TrainingBatches(
         images,
         masks,
@@ -318,4 +318,4 @@ def make_datasets(
         input_size_rule,
         label_margin,
     )
-    return train, val, steps
+    return train, val

@@ -171,13 +171,40 @@ def make_datasets(
     each training pixel also carries its class's weight (the dataset's third
     element, Keras' `sample_weight`), and `args.class_weights` records them.
     """
+    batch_size = args.global_batch_size  # Set by set_up().
     if dataset.layout == "cache":  # No tf.data: batches made on the device.
-        args.class_weights = None
-        if args.class_weighting == "median":
-            raise InputError("--class-weighting median: not yet with --dataset cache.")
-        return cache.make_datasets(
-            dataset.data_dir, args, input_size_rule, label_margin
+        images, masks, _ = cache.read_split(dataset.data_dir, args.train_split)
+        examples = len(masks)
+    else:
+        train_pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
+        examples = len(train_pairs)
+    if examples < batch_size:
+        raise DatasetError(
+            f"Split {args.train_split!r} has {examples} images, fewer than "
+            f"the global batch of {batch_size}."
         )
+    args.class_weights = None
+    if args.class_weighting == "median":
+        counts = (
+            voc.count_class_pixels(masks, dataset.num_classes)
+            if dataset.layout == "cache"
+            else voc.class_pixel_counts(
+                train_pairs,
+                dataset.num_classes,
+                dataset.ignore_index,
+                dataset.mask_values,
+                dataset.image_format,
+            )
+        )
+        args.class_weights = median_frequency_class_weights(
+            *counts, dataset.class_names, examples
+        )
+    steps = args.steps_per_epoch or examples // batch_size
+    if dataset.layout == "cache":
+        train, val = cache.make_datasets(
+            images, masks, dataset.data_dir, args, steps, input_size_rule, label_margin
+        )
+        return train, val, steps
     common = dict(
         layout=dataset.layout,
         num_classes=dataset.num_classes,
@@ -190,16 +217,6 @@ def make_datasets(
         seed=args.seed,
         image_scale=args.image_scale,
     )
-    train_pairs = voc.list_pairs(dataset.data_dir, args.train_split, dataset.layout)
-    batch_size = args.global_batch_size  # Set by set_up().
-    if len(train_pairs) < batch_size:
-        raise DatasetError(
-            f"Split {args.train_split!r} has {len(train_pairs)} images, fewer than "
-            f"the global batch of {batch_size}."
-        )
-    args.class_weights = None
-    if args.class_weighting == "median":
-        args.class_weights = median_frequency_class_weights(train_pairs, dataset)
     train_ds = voc.make_dataset(
         dataset.data_dir,
         args.train_split,
@@ -218,12 +235,14 @@ def make_datasets(
         False,
         **common,
     )
-    steps = args.steps_per_epoch or len(train_pairs) // batch_size
     return train_ds, val_ds, steps
 
 
 def median_frequency_class_weights(
-    train_pairs: Sequence[tuple[str, str]], dataset: voc.DatasetSpec
+    class_pixels: np.ndarray,
+    present_pixels: np.ndarray,
+    class_names: Sequence[str],
+    masks: int,
 ) -> list[float]:
     """Median-frequency weights from every training mask, printed as a table.
 
@@ -231,21 +250,15 @@ def median_frequency_class_weights(
     cover few pixels, so unweighted cross-entropy can ignore them and still
     fall; weighting each pixel by median(freq) / freq of its class (Eigen &
     Fergus 2015; SegNet, Sec. 3.2) makes every class count about equally.
-    Void pixels are not counted. Reading every mask takes seconds for a few
-    hundred images, about a minute for VOC train.
+    Void pixels are not counted. The counts come from `voc.class_pixel_counts`
+    (reading every mask: seconds for a few hundred images, about a minute for
+    VOC train) or, for a cache, `voc.count_class_pixels` of its masks.
     """
-    class_pixels, present_pixels = voc.class_pixel_counts(
-        train_pairs,
-        dataset.num_classes,
-        dataset.ignore_index,
-        dataset.mask_values,
-        dataset.image_format,
-    )
     weights = median_frequency_weights(class_pixels, present_pixels)
     total = max(int(class_pixels.sum()), 1)
-    print(f"Median-frequency class weights from {len(train_pairs)} training masks:")
+    print(f"Median-frequency class weights from {masks} training masks:")
     print(f"  {'class':<16}{'pixels':>8}{'weight':>9}")
-    for name, pixels, weight in zip(dataset.class_names, class_pixels, weights):
+    for name, pixels, weight in zip(class_names, class_pixels, weights):
         print(f"  {name:<16}{pixels / total:8.2%}{weight:9.3f}")
     return [float(weight) for weight in weights]
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -1060,25 +1060,37 @@ def class_pixel_counts(
     check_mask_values(
         [mask for _, mask in pairs], num_classes, mask_values, ignore_index
     )
+
+    def decoded_masks() -> Iterator[np.ndarray]:  # One at a time: VOC is large.
+        for image_path, mask_path in pairs:
+            try:
+                _, mask = load_pair(
+                    image_path,
+                    mask_path,
+                    num_classes,
+                    ignore_index,
+                    mask_values,
+                    image_format,
+                )
+            except tf.errors.InvalidArgumentError as error:
+                raise DatasetError(
+                    f"{image_path} / {mask_path}: {tf_error_message(error)}"
+                ) from None
+            except ValueError as error:  # From read_tiff, which names the file.
+                raise DatasetError(str(error)) from None
+            yield mask.numpy()
+
+    return count_class_pixels(decoded_masks(), num_classes)
+
+
+def count_class_pixels(
+    masks: Iterable[np.ndarray], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`class_pixel_counts` of decoded masks (void 255): the two int64 arrays."""
     counts = np.zeros(num_classes, np.int64)
     present_pixels = np.zeros(num_classes, np.int64)
-    for image_path, mask_path in pairs:
-        try:
-            _, mask = load_pair(
-                image_path,
-                mask_path,
-                num_classes,
-                ignore_index,
-                mask_values,
-                image_format,
-            )
-        except tf.errors.InvalidArgumentError as error:
-            raise DatasetError(
-                f"{image_path} / {mask_path}: {tf_error_message(error)}"
-            ) from None
-        except ValueError as error:  # From read_tiff, which names the file.
-            raise DatasetError(str(error)) from None
-        values = mask.numpy().ravel()
+    for mask in masks:
+        values = np.asarray(mask).ravel()
         values = values[values != IGNORE_LABEL]
         image_counts = np.bincount(values, minlength=num_classes)[:num_classes]
         counts += image_counts

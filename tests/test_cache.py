@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import augment_ops, cache, voc
+import segnet_train
+from common import augment_ops, cache, cli, training, voc
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
 
@@ -128,3 +129,20 @@ def test_evaluation_batches_pad_like_the_pipeline_and_fill_the_last_batch(
     assert (last_masks[0, 45:] == IGNORE_LABEL).all()
     assert (last_masks[1:] == IGNORE_LABEL).all()  # Fillers count nothing.
     np.testing.assert_allclose(last_images[0, 50, 50], IMAGE_MEAN, atol=1e-4)
+
+
+def test_median_weights_of_a_cache_equal_those_of_its_files(camvid_dir, camvid_cache):
+    weights = {}
+    for dataset_name, data_dir in (("camvid", camvid_dir), ("cache", camvid_cache)):
+        args = segnet_train.parse_args(
+            ["--dataset", dataset_name, "--data-dir", data_dir]
+            + ["--class-weighting", "median", "--crop-size", "32"]
+        )
+        args.global_batch_size = 2  # As set_up sets it.
+        train, _, steps = training.make_datasets(args, cli.resolve_dataset(args))
+        weights[dataset_name] = args.class_weights
+    assert steps == 4  # 8 images, batches of 2.
+    np.testing.assert_allclose(weights["cache"], weights["camvid"], rtol=1e-6)
+    _, masks, pixel_weights = (np.asarray(part) for part in train[0])
+    table = np.array([*weights["cache"], *[0.0] * (256 - len(weights["cache"]))])
+    np.testing.assert_allclose(pixel_weights, table[masks], rtol=1e-6)

@@ -141,7 +141,10 @@ def test_median_frequency_weights_count_the_training_masks(camvid_dir):
     args = segnet_train.parse_args(camvid_argv(camvid_dir))
     dataset = cli.resolve_dataset(args)
     pairs = voc.list_pairs(dataset.data_dir, "train", dataset.layout)
-    weights = np.array(training.median_frequency_class_weights(pairs, dataset))
+    counts = voc.class_pixel_counts(pairs, CAMVID_CLASSES, dataset.ignore_index)
+    weights = np.array(
+        training.median_frequency_class_weights(*counts, dataset.class_names, 8)
+    )
     class_pixels = np.zeros(CAMVID_CLASSES)
     present_pixels = np.zeros(CAMVID_CLASSES)
     for name in sorted(os.listdir(os.path.join(camvid_dir, "trainannot"))):
