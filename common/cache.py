@@ -55,7 +55,8 @@ def write_split(dataset: voc.DatasetSpec, split: str, out_dir: str) -> str:
     examples = files.map(
         lambda image, mask: voc.load_pair(
             image, mask, dataset.num_classes, dataset.ignore_index, dataset.mask_values
-        )
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,  # as_numpy_iterator keeps the order.
     )
     images, masks = [], []
     for image, mask in examples.as_numpy_iterator():

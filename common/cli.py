@@ -578,7 +578,12 @@ def dataset_from_flags(args: argparse.Namespace) -> voc.DatasetSpec:
     if args.dataset == "voc":
         return voc.DatasetSpec(args.data_dir or voc.VOC_DIR, "voc", voc.VOC_CLASSES)
     if args.dataset == "cache":
-        return cache.dataset_spec(args.data_dir or "")
+        if not args.data_dir:
+            raise DatasetError(
+                "--dataset cache needs --data-dir, a folder written by "
+                "python -m common.cli cache."
+            )
+        return cache.dataset_spec(args.data_dir)
     if args.dataset == "camvid":
         return voc.DatasetSpec(
             args.data_dir or voc.CAMVID_DIR,

@@ -59,10 +59,11 @@ SCORES = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype("float32")
 def tiny_models() -> dict[str, keras.Model]:
     """Each script's model, small, with the custom layers its `.keras` file holds.
 
-    Seeded: unseeded weights made SegNet-Basic's comparison pass or fail by
-    draw (a near-tie flipped in some draws, see `PIXELS_NEAR_TIES`).
+    Every weight is drawn from one seeded numpy generator, so each process
+    builds the same models: Keras' own initial draws made SegNet-Basic's
+    comparison pass or fail by draw (see `PIXELS_NEAR_TIES`), and
+    `keras.utils.set_random_seed` would look for TensorFlow.
     """
-    keras.utils.set_random_seed(0)
     models = {
         # MaxPoolingWithArgmax2D and MaxUnpooling2D: the indices are recomputed.
         "segnet_basic": segnet_train.build_segnet(3, variant="basic"),
@@ -78,15 +79,17 @@ def tiny_models() -> dict[str, keras.Model]:
     }
     rng = np.random.default_rng(2)
     for model in models.values():
-        # Biases, batch norm's offsets and FCN's score layers start at zero
-        # (FCN's logits too, then): random values make every weight count.
-        model.set_weights(
-            [
-                weight if np.any(weight) else rng.normal(0, 0.1, weight.shape)
-                for weight in model.get_weights()
-            ]
-        )
+        model.set_weights([seeded(weight, rng) for weight in model.get_weights()])
     return models
+
+
+def seeded(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A kernel drawn as He normal; zeros (biases, BN offsets, FCN's score
+    layers) made random too, so every weight counts; BN's ones kept."""
+    if weight.ndim >= 2:
+        fan_in = int(np.prod(weight.shape[:-1]))
+        return rng.normal(0, np.sqrt(2 / fan_in), weight.shape)
+    return weight if np.any(weight) else rng.normal(0, 0.1, weight.shape)
 
 
 def save_models(folder: str, models: dict[str, keras.Model]) -> None:
