@@ -13,7 +13,7 @@ never re-encoded lossily). `dataset.json` names the classes.
 
 Reading it needs numpy, OpenCV and Keras only. The whole split is decoded
 into one array on the accelerator; `TrainingBatches` draws each batch there
-and augments it there (`common.augment_ops`), `EvaluationBatches` pads each
+and augments it there (`common.augment`, in `keras.ops`), `EvaluationBatches` pads each
 image to the network's fixed evaluation size as `voc.make_dataset` does.
 Both are `keras.utils.PyDataset`s, which `model.fit` takes on any backend.
 """
@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from common import augment_ops, voc
+from common import augment, voc
 from common.backend import tf
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
@@ -149,7 +149,7 @@ class TrainingBatches(keras.utils.PyDataset):
     Every epoch of `steps` batches walks on through a stream of shuffled
     passes over the split (as `voc.make_dataset`'s shuffle and repeat do).
     Each batch's random scale, crop and flip come from `seed` and the batch's
-    number, so a run is repeatable; `common.augment_ops` applies them.
+    number, so a run is repeatable; `common.augment` applies them.
     """
 
     def __init__(
@@ -200,17 +200,18 @@ class TrainingBatches(keras.utils.PyDataset):
         batch = self.epoch * self.steps + index
         rng = np.random.default_rng([self.seed, batch, 1])
         ids = ops.convert_to_tensor(self.image_ids(batch).astype("int32"))
-        images, masks = augment_ops.random_scale_crop_flip(
+        draws = rng.random((self.batch_size, augment.DRAWS), np.float32)
+        images, masks = augment.random_scale_crop_flip(
             ops.take(self.images, ids, axis=0),
             ops.take(self.masks, ids, axis=0),
+            self.masks.shape[1:],
+            ops.convert_to_tensor(draws),
             self.crop_size,
             self.scale_range,
-            rng,
             IMAGE_MEAN,
+            ops,
         )
-        if self.label_margin:
-            margin = self.label_margin
-            masks = masks[:, margin:-margin, margin:-margin]
+        masks = augment.center_crop(masks, self.label_margin)
         return _with_weights(images, masks, self.weights)
 
 
@@ -244,10 +245,12 @@ class EvaluationBatches(keras.utils.PyDataset):
             input_size_rule(height + 2 * label_margin),
             input_size_rule(width + 2 * label_margin),
         )
-        self.images, self.masks = augment_ops.pad_for_evaluation(
+        self.images, self.masks = augment.pad_for_evaluation(
             ops.convert_to_tensor(images),
             ops.convert_to_tensor(masks),
+            (height, width),
             input_size,
+            ops,
             label_margin,
             IMAGE_MEAN,
         )

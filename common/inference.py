@@ -105,6 +105,8 @@ def predict_probabilities(
         tf.cast(image, tf.float32),
         round_up(height, size_divisor),
         round_up(width, size_divisor),
+        (height, width),
+        tf.experimental.numpy,
         pad_value,
     )
     logits = model(padded[None], training=False)[0, :height, :width]
@@ -288,7 +290,9 @@ def tiled_probability_bands(
         for length in (height, width)
     ]
     if padded != [height, width]:
-        image = pad_image(tf.cast(image, tf.float32), *padded, pad_value).numpy()
+        image = np.asarray(
+            pad_image(image.astype(np.float32), *padded, (height, width), np, pad_value)
+        )
     tile_height, tile_width = min(tile, padded[0]), min(tile, padded[1])
     weights = tile_weights(tile_height, tile_width, tile_blend)
     tops = tile_starts(padded[0], tile_height, tile_overlap)

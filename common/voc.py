@@ -903,31 +903,22 @@ def make_dataset(
         check_crop_size(crop_size, input_size_rule)
         dataset = _training_examples(files, load, cache, seed)
         dataset = dataset.map(
-            lambda example, seeds: augment.random_scale_crop_flip(
-                *example, crop_size, scale_range, seeds, pad_value
+            lambda example, seeds: _augment(
+                *example, seeds, crop_size, scale_range, label_margin, pad_value
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        if label_margin:
-            dataset = dataset.map(
-                lambda image, mask: (image, augment.center_crop(mask, label_margin)),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
     else:
         dataset = files.map(load, num_parallel_calls=tf.data.AUTOTUNE)
         if cache:
             dataset = dataset.cache()
         input_size = _eval_input_size(sizes, input_size_rule, label_margin)
         dataset = dataset.map(
-            lambda image, mask: augment.pad_for_evaluation(
+            lambda image, mask: _pad_for_evaluation(
                 image, mask, input_size, label_margin, pad_value
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-    dataset = dataset.map(
-        lambda image, mask: (image, tf.cast(mask, tf.int32)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
     if class_weights is not None:
         dataset = dataset.map(
             _add_pixel_weights(class_weights), num_parallel_calls=tf.data.AUTOTUNE
@@ -987,6 +978,44 @@ def check_crop_size(crop_size: int, input_size_rule: Callable[[int], int]) -> No
         f"--crop-size {crop_size}: this network cannot take {crop_size} pixels; "
         f"the nearest sizes it takes are {nearest}"
     )
+
+
+def _augment(image, mask, seeds, crop_size, scale_range, label_margin, pad_value):
+    """`augment.random_scale_crop_flip` for one example, drawn from its `seeds`.
+
+    The stateless draws make a run repeatable with `--seed` even with parallel
+    map calls. Returns float32 `(crop, crop, bands)` and int32 masks, centre-
+    cropped by `label_margin` for a network whose output is that much smaller.
+    """
+    draws = tf.random.stateless_uniform([1, augment.DRAWS], seeds)
+    images, masks = augment.random_scale_crop_flip(
+        image[None],
+        mask[None],
+        tf.unstack(tf.shape(mask)),
+        draws,
+        crop_size,
+        scale_range,
+        pad_value,
+        tf.experimental.numpy,
+    )
+    return images[0], augment.center_crop(masks[0], label_margin)
+
+
+def _pad_for_evaluation(image, mask, input_size, label_margin, pad_value):
+    """`augment.pad_for_evaluation` for one example, its static shape restored."""
+    image, mask = augment.pad_for_evaluation(
+        image,
+        mask,
+        tf.unstack(tf.shape(mask)),
+        input_size,
+        tf.experimental.numpy,
+        label_margin,
+        pad_value,
+    )
+    height, width = input_size
+    margin = 2 * label_margin
+    image = tf.ensure_shape(image, (height, width, len(pad_value)))
+    return image, tf.ensure_shape(mask, (height - margin, width - margin))
 
 
 def _training_examples(files, load, cache: bool, seed: int) -> tf.data.Dataset:

@@ -38,7 +38,7 @@ OTHER_BACKEND = "jax" if THIS_BACKEND == "tensorflow" else "tensorflow"
 # What a JAX training run imports, besides the four scripts: none of it may
 # import TensorFlow (common.backend's `tf` loads it on first use only).
 TRAINING_STACK = (
-    "augment_ops",
+    "augment",
     "backbones",
     "cache",
     "cli",

@@ -1,4 +1,4 @@
-"""The dataset cache (common/cache.py) and the on-device augmentation (augment_ops).
+"""The dataset cache (common/cache.py) and its on-device augmentation (common/augment).
 
 The cache is how the GPU machine, which has no TensorFlow, trains: written
 here by the project's reader, read back with numpy and OpenCV, and augmented
@@ -9,10 +9,11 @@ import os
 
 import numpy as np
 import pytest
+from keras import ops
 from PIL import Image
 
 import segnet_train
-from common import augment_ops, cache, cli, training, voc
+from common import augment, cache, cli, training, voc
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
 
@@ -62,9 +63,9 @@ def _striped(batch: int = 2, size: int = 24):
 
 def test_scale_one_and_a_full_crop_give_the_image_or_its_mirror():
     images, masks = _striped()
-    rng = np.random.default_rng(0)
-    out_images, out_masks = augment_ops.random_scale_crop_flip(
-        images, masks, 24, (1.0, 1.0), rng, IMAGE_MEAN
+    draws = np.random.default_rng(0).random((2, augment.DRAWS), np.float32)
+    out_images, out_masks = augment.random_scale_crop_flip(
+        images, masks, (24, 24), draws, 24, (1.0, 1.0), IMAGE_MEAN, ops
     )
     out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
     for image, mask, out_image, out_mask in zip(images, masks, out_images, out_masks):
@@ -77,9 +78,9 @@ def test_scale_one_and_a_full_crop_give_the_image_or_its_mirror():
 
 def test_labels_stay_labels_and_images_follow_their_masks():
     images, masks = _striped(batch=8)
-    rng = np.random.default_rng(1)
-    out_images, out_masks = augment_ops.random_scale_crop_flip(
-        images, masks, 16, (0.5, 2.0), rng, IMAGE_MEAN
+    draws = np.random.default_rng(1).random((8, augment.DRAWS), np.float32)
+    out_images, out_masks = augment.random_scale_crop_flip(
+        images, masks, (24, 24), draws, 16, (0.5, 2.0), IMAGE_MEAN, ops
     )
     out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
     assert out_images.shape == (8, 16, 16, 3) and out_masks.dtype == np.int32
@@ -92,9 +93,10 @@ def test_labels_stay_labels_and_images_follow_their_masks():
 
 def test_what_lies_outside_the_scaled_image_is_mean_and_void():
     images, masks = _striped(batch=1, size=24)
-    rows = np.arange(24)[None]  # The whole 24x24 crop of a 12x12 scaled image.
-    out_images, out_masks = augment_ops.resample(
-        images, masks, rows, rows, np.array([[12, 12]]), IMAGE_MEAN
+    # Scale 1/2: a 24x24 crop of a 12x12 image, from its corner, not flipped.
+    draws = np.array([[0.0, 0.0, 0.0, 0.9]], np.float32)
+    out_images, out_masks = augment.random_scale_crop_flip(
+        images, masks, (24, 24), draws, 24, (0.5, 0.5), IMAGE_MEAN, ops
     )
     out_images, out_masks = np.asarray(out_images), np.asarray(out_masks)
     assert (out_masks[0, 12:] == IGNORE_LABEL).all()
