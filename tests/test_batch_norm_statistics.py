@@ -19,7 +19,6 @@ import pytest
 
 import deeplab_train
 from common import inference, layers, voc
-from common.metrics import ConfusionMatrix, mean_iou
 from deeplab_train import build_deeplab
 from segnet_train import build_segnet
 from unet_train import build_unet
@@ -62,19 +61,15 @@ def moving_statistics_errors(model: keras.Model, images) -> tuple[float, float]:
     )
 
 
-def validation_mean_iou(model: keras.Model, batches, training: bool) -> float:
-    metric = ConfusionMatrix(model.output_shape[-1])
-    for images, masks in batches:
-        metric.update_state(masks, model(images, training=training))
-    return float(mean_iou(metric.matrix))
-
-
 def test_inference_mode_validates_like_batch_statistics(shapes_dir, tmp_path):
-    """Measured (AMD EPYC): median errors 0.08 (mean) and 0.19 (log variance)
-    with momentum 0.9; with keras.applications' 0.999 (measured when the
-    momentum was still rewritten after building) 0.41 and 1.07, and this test
-    fails. Validation mean IoU alone is too coarse to tell them
-    apart this early: both modes still predict mostly background."""
+    """Measured (AMD EPYC, --seed 0 to 4): median errors 0.065-0.078 (mean)
+    and 0.19-0.21 (log variance) with momentum 0.9; with keras.applications'
+    0.999 0.42-0.44 and 1.04-1.11 (seeds 0 to 2), and this test fails.
+    Validation mean IoU is too coarse to tell the two apart this early: after
+    20 steps, inference mode predicts only background with momentum 0.9 (mean
+    IoU 0.148 with every seed) and scores 0.01-0.15 with 0.999, while batch
+    statistics give 0.19-0.24 with both, so no threshold on the difference
+    passes every seed with one and fails with the other."""
     model = train_from_scratch(shapes_dir, str(tmp_path / "run"))
     assert {norm.momentum for norm in layers.batch_norm_layers(model)} == {
         layers.BN_MOMENTUM
@@ -86,10 +81,6 @@ def test_inference_mode_validates_like_batch_statistics(shapes_dir, tmp_path):
         mean_error,
         log_variance_error,
     )
-    val = batches_of(shapes_dir, "val", 8)
-    inference_iou = validation_mean_iou(model, val, training=False)
-    batch_iou = validation_mean_iou(model, val, training=True)
-    assert abs(inference_iou - batch_iou) < 0.05, (inference_iou, batch_iou)
 
 
 ARCHITECTURES = {

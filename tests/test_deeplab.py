@@ -372,12 +372,14 @@ def test_vgg_fc_decimation():
     [
         ("v1", ["--optimizer", "adam", "--learning-rate", "1e-4"]),
         # Output stride 16 halves v2's rates (3, 6, 9, 12): dilated convolutions
-        # with large rates train slowly on CPU.
+        # with large rates train slowly on CPU. At 1e-3 the loss of the second
+        # epoch rose in 3 of --seed 0 to 4; at 1e-4 it fell in all 5, to
+        # 0.42-0.81 of the first (AMD EPYC).
         (
             "v2",
             [
                 *("--resnet-blocks", "1", "1", "1", "1", "--output-stride", "16"),
-                *("--optimizer", "adam", "--learning-rate", "1e-3"),
+                *("--optimizer", "adam", "--learning-rate", "1e-4"),
             ],
         ),
         # v3/v3+ on MobileNetV2 train end to end in notebooks 03 and 05.
