@@ -621,8 +621,11 @@ def run_cli(main: Callable[[], object]) -> None:
         raise SystemExit(f"error: {error}") from None
     except TrainingInterrupted as interruption:
         stops.exit_with(str(interruption))
-    except KeyboardInterrupt as error:  # Before the run folder: nothing is saved.
-        stops.exit_with(stops.message(error))
+    except BaseException as error:  # Before the run folder: nothing is saved.
+        stop = stops.stop_behind(error)
+        if stop is None:
+            raise
+        stops.exit_with(stops.message(stop))
 
 
 def verify_main(argv: Sequence[str] | None = None) -> None:

@@ -502,13 +502,17 @@ def resumable(args: argparse.Namespace) -> Iterator[None]:
     if args.chief:  # The other workers of a multi-worker run write nothing.
         results.open_run_folder(args.output_dir)
     try:
-        with stops.handled(lambda cause: results.interruption_message(args, cause)):
+        with stops.handled(
+            lambda cause: results.interruption_message(args, cause),
+            exit_at_once=not args.chief,  # A worker that writes nothing.
+        ):
             yield
-    except KeyboardInterrupt as error:
-        message = stops.message(error)  # First: it is raised no more.
-        _remove_if_unused(args.output_dir, new_folder)
-        raise TrainingInterrupted(message) from None
     except BaseException as error:
+        stop = stops.stop_behind(error)
+        if stop is not None:
+            message = stops.message(stop)  # First: it is raised no more.
+            _remove_if_unused(args.output_dir, new_folder)
+            raise TrainingInterrupted(message) from None
         _remove_if_unused(args.output_dir, new_folder)
         if os.environ.get("TF_CONFIG") and multiworker.is_peer_error(error):
             raise WorkerLost(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +25,27 @@ def shapes_dir(tmp_path_factory) -> str:
     return shapes.generate_shapes(
         str(tmp_path_factory.mktemp("shapes")), num_train=24, num_val=8, seed=1
     )
+
+
+@pytest.fixture()
+def communicate_or_dump_stacks():
+    """`(process, timeout) -> (stdout, stderr)`: a script's output once it ends;
+    if it has not ended in time, the test fails with every thread's stack.
+
+    The training scripts print their stacks on SIGUSR1 (`common.stops`).
+    """
+
+    def communicate(process, timeout: float) -> tuple[str, str]:
+        try:
+            return process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            process.kill()
+            _, stderr = process.communicate()
+            pytest.fail(f"still running after {timeout} s:\n{stderr[-6000:]}")
+
+    return communicate
 
 
 @pytest.fixture()

@@ -96,26 +96,11 @@ def wait_for(predicate, process, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def communicate_or_dump_stacks(process, timeout: float) -> tuple[str, str]:
-    """The process's output; if it has not ended in time, fail with its stacks.
-
-    The training scripts print every thread's stack on SIGUSR1 (`common.stops`).
-    """
-    try:
-        return process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGUSR1)
-        time.sleep(3)
-        process.kill()
-        _, stderr = process.communicate()
-        pytest.fail(f"still running {timeout} s after the signal:\n{stderr[-6000:]}")
-
-
 @pytest.mark.parametrize(
     "signum, cause", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")]
 )
 def test_ctrl_c_or_sigterm_prints_one_line_with_the_resume_command(
-    signum, cause, shapes_dir, tmp_path
+    signum, cause, shapes_dir, tmp_path, communicate_or_dump_stacks
 ):
     """SIGINT or SIGTERM after the first epoch: exit 130, one line; quiet start."""
     output_dir = tmp_path / "run"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 import unet_train
-from common import distribute, multiworker
+from common import distribute, multiworker, stops
 from common.errors import InputError
 from common.layers import synchronize_batch_norm
 from common.losses import segmentation_loss
@@ -242,6 +243,37 @@ def test_two_workers_match_one_device_and_resume(tiny_unet_argv, tmp_path, monke
         os.listdir(chief_dir)
     )
     assert not (chief_dir / "backup").exists()
+
+
+def test_sigterm_to_every_worker_ends_each_in_one_line(
+    tiny_unet_argv, tmp_path, communicate_or_dump_stacks
+):
+    """What Slurm or Kubernetes do to a job: SIGTERM to every worker at once,
+    here in epoch 2 (#39). Each exits 130 with its line: the chief says what
+    is saved and how to resume, the other that it writes nothing. Measured
+    (AMD EPYC, 2 cores, 20 tries): 18 pairs ended within 1.0-2.0 s, 2 at the
+    chief's deadline (`stops.GRACE_S`) after TensorFlow took that long to
+    notice that the other worker had gone."""
+    chief_dir, other_dir = tmp_path / "chief", tmp_path / "other"
+    weights = [tmp_path / "weights0.npz", tmp_path / "weights1.npz"]
+    argv = [*tiny_unet_argv, "--batch-size", "2", "--epochs", "1000"]
+    workers = start_workers(argv, (chief_dir, other_dir), weights)
+    try:
+        wait_for_history_rows(chief_dir, 1, workers[0])
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        logs = [communicate_or_dump_stacks(worker, 30)[0] for worker in workers]
+    finally:
+        kill(workers)
+    for worker, log in zip(workers, logs):
+        assert worker.returncode == stops.EXIT_STATUS, log[-3000:]
+        assert "Traceback" not in log and "E0000" not in log, log[-3000:]
+    chief_line, other_line = (log.strip().splitlines()[-1] for log in logs)
+    assert chief_line.startswith("Stopped by SIGTERM: ") and (
+        "epochs are finished and saved. To resume: python unet_train.py" in chief_line
+    ), logs[0][-3000:]
+    assert other_line.startswith("Stopped by SIGTERM: this worker writes nothing")
+    assert (chief_dir / "backup").is_dir() and not other_dir.exists()
 
 
 def test_loop_step_matches_fit_with_pixel_weights():

@@ -3,8 +3,11 @@
 Each phase is a real `unet_train.py` process that signals itself at a chosen
 moment (`RUN`, below), so the moment is exact even on a loaded machine: while
 it imports Keras, inside a garbage-collector callback during the first epoch
-(where Python drops the `KeyboardInterrupt`), during validation, as a
-checkpoint is written, and in the final evaluation.
+(where Python drops the `KeyboardInterrupt`), inside a call that fails with
+an error of its own when the handler cuts it short, during validation, as a
+checkpoint is written, and in the final evaluation; each with SIGINT and
+with SIGTERM. A run that does not stop in time fails with every thread's
+stack (SIGUSR1).
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ RUN = textwrap.dedent(
             if batch == 1:
                 send_in_gc_callback()
         callbacks.Callback.on_train_batch_begin = on_batch
+    if phase == "cut":  # A C++ call that the handler cuts short fails its own way.
+        def on_batch(self, batch, logs=None):
+            if batch == 1:
+                try:
+                    send()
+                except KeyboardInterrupt:
+                    raise RuntimeError("pybind11::error_already_set: MISMATCH")
+        callbacks.Callback.on_train_batch_begin = on_batch
     if phase == "validation":
         before(callbacks.Callback, "on_test_batch_begin", lambda *args: True)
     if phase == "checkpoint":  # Before epoch 2's backup is written.
@@ -85,7 +96,7 @@ RUN = textwrap.dedent(
 )
 
 
-def stop_run(shapes_dir, tmp_path, phase: str, signum: int, epochs: int):
+def stop_run(shapes_dir, tmp_path, phase: str, signum: int, epochs: int, communicate):
     """Run unet_train.py until it signals itself at `phase`; return what it left."""
     output_dir, sent = tmp_path / "run", tmp_path / "sent"
     # fmt: off
@@ -104,7 +115,7 @@ def stop_run(shapes_dir, tmp_path, phase: str, signum: int, epochs: int):
         text=True,
     )
     try:
-        stdout, stderr = process.communicate(timeout=PROCESS_TIMEOUT_S)
+        stdout, stderr = communicate(process, PROCESS_TIMEOUT_S)
     finally:
         process.kill()
     ended = time.time()
@@ -115,21 +126,24 @@ def stop_run(shapes_dir, tmp_path, phase: str, signum: int, epochs: int):
 CAUSE = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-@pytest.mark.parametrize(
-    "phase, signum, epochs, says",
-    [
-        ("import", signal.SIGINT, 2, "while starting: nothing is saved"),
-        ("gc", signal.SIGTERM, 1000, "before the first epoch finished"),
-        ("validation", signal.SIGINT, 2, "before the first epoch finished"),
-        ("checkpoint", signal.SIGTERM, 3, "2 of 3 epochs are finished and saved"),
-        ("final", signal.SIGINT, 2, "in the final evaluation: all 2 epochs"),
-    ],
-)
+PHASES = {  # phase: (epochs, what the line says is saved)
+    "import": (2, "while starting: nothing is saved"),
+    "gc": (1000, "before the first epoch finished"),
+    "cut": (1000, "before the first epoch finished"),
+    "validation": (2, "before the first epoch finished"),
+    "checkpoint": (3, "2 of 3 epochs are finished and saved"),
+    "final": (2, "in the final evaluation: all 2 epochs"),
+}
+
+
+@pytest.mark.parametrize("signum", list(CAUSE), ids=lambda signum: signum.name)
+@pytest.mark.parametrize("phase", list(PHASES))
 def test_a_stop_in_any_phase_exits_130_in_one_line(
-    phase, signum, epochs, says, shapes_dir, tmp_path
+    phase, signum, shapes_dir, tmp_path, communicate_or_dump_stacks
 ):
+    epochs, says = PHASES[phase]
     code, seconds, stderr, output_dir = stop_run(
-        shapes_dir, tmp_path, phase, signum, epochs
+        shapes_dir, tmp_path, phase, signum, epochs, communicate_or_dump_stacks
     )
     assert code == stops.EXIT_STATUS, stderr[-3000:]
     assert seconds < STOP_LIMIT_S
