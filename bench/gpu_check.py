@@ -1,17 +1,21 @@
 """The GPU check: this project's models on one GPU with Keras on JAX, no TensorFlow.
 
-    python bench/gpu_check.py OUT_DIR                    # both parts, ~9.5 min
-    python bench/gpu_check.py OUT_DIR --parts speed      # one part
-    python bench/gpu_check.py --dry-run OUT_DIR          # CPU, tiny sizes, ~2 min
+    python bench/gpu_check.py OUT_DIR --parts data camvid   # ~7.5 min
+    python bench/gpu_check.py OUT_DIR --parts speed         # ~4 min, appends
+    python bench/gpu_check.py --dry-run OUT_DIR             # CPU, tiny sizes, ~2 min
 
 Made for the GPU machine of docs/gpu.md (one H200, JAX, no TensorFlow, ten
 minutes a command): run with KERAS_BACKEND=jax and a CamVid cache
 (`python -m common.cli cache --dataset camvid --out data/camvid-cache`).
 
-Two parts, each appending rows to OUT_DIR/gpu_check.json and rewriting
+Three parts, each appending rows to OUT_DIR/gpu_check.json and rewriting
 OUT_DIR/gpu_check.md after every row, so a command that is stopped keeps what
 it measured and a later one (`--parts`) adds what is missing:
 
+- data: is the input the bottleneck? `fit`'s time a step for the U-Net
+  recipe on the cache's batches (drawn and augmented on the device, as in
+  training) against the same model on one batch repeated; #38 asks for at
+  least 90% of the repeated batch's speed.
 - camvid: each script's GPU recipe (`CAMVID_RECIPES`), trained by the
   script's own `main` from the cache at full resolution, all at once on the
   one GPU (each process takes a share of its memory), each stopped by
@@ -22,7 +26,9 @@ it measured and a later one (`--parts`) adds what is missing:
   and mixed bfloat16 (each in a fresh process; JAX always compiles with
   XLA), and torchvision's DeepLab v3 (ResNet-50, MobileNetV3-Large) in
   bfloat16, channels-last, at the same batch and size: ms per step, images
-  per second, and ours over theirs.
+  per second, ours over theirs, and the share of the GPU's bfloat16 peak
+  (a large matrix product, measured first) that our step's FLOPs (XLA's
+  cost analysis of the forward and backward pass) reach.
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ from keras import ops  # noqa: E402
 
 import deeplab_train  # noqa: E402
 import unet_train  # noqa: E402
+from common import cache  # noqa: E402
 from common.errors import InputError  # noqa: E402
-from common.inference import load_model  # noqa: E402
-from common.losses import segmentation_loss  # noqa: E402
+from common.inference import load_model, save_with_float16_weights  # noqa: E402
+from common.losses import make_loss, segmentation_loss  # noqa: E402
+from common.metrics import ConfusionMatrix  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = "data/camvid-cache"
@@ -87,6 +95,13 @@ PEERS = {
 }
 DRY_RUN_SPEED = [("unet", 1, 32)]
 NUM_CLASSES = 21
+# Data: the U-Net recipe's model, batch and crop, and the share of the
+# repeated batch's speed that counts as "not the bottleneck" (#38).
+DATA_CHECK = dict(filters=(32, 64, 128, 256), batch=16, crop=352, steps=50)
+DRY_RUN_DATA = dict(filters=(4, 8), batch=2, crop=32, steps=2)
+DATA_TARGET = 0.9
+# The peak: a bfloat16 matrix product of this size, timed.
+PEAK_SIZE, DRY_RUN_PEAK_SIZE = 8192, 256
 
 
 # --------------------------------------------------------------------------
@@ -102,6 +117,11 @@ def load_report(out_dir: str) -> dict:
     return {"device": device_name(), "camvid": [], "speed": []}
 
 
+def rows(report: dict, part: str) -> list:
+    """The report's rows of `part`, made on first use (older reports lack some)."""
+    return report.setdefault(part, [])
+
+
 def save_report(out_dir: str, report: dict) -> None:
     with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -110,7 +130,21 @@ def save_report(out_dir: str, report: dict) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# GPU check: {report['device']}", "", "## CamVid (val, 360x480)", ""]
+    lines = [f"# GPU check: {report['device']}", "", "## Data: is it the bottleneck?"]
+    lines += [
+        "",
+        "| model | batch | crop | ms/step, cache batches | ms/step, one batch "
+        "repeated | speed ratio | target |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows(report, "data"):
+        lines.append(
+            f"| {row['model']} | {row['batch']} | {row['crop']} | "
+            f"{_fmt(row.get('real_ms_step'), 1)} | "
+            f"{_fmt(row.get('repeated_ms_step'), 1)} | {_fmt(row.get('ratio'), 2)} | "
+            f">= {DATA_TARGET} |"
+        )
+    lines += ["", "## CamVid (val, 360x480)", ""]
     lines += [
         "| recipe | command | train s | wall s | mean IoU | global acc | class acc "
         "| lowest class |",
@@ -125,16 +159,20 @@ def markdown(report: dict) -> str:
             f"{_fmt(row.get('class_average_accuracy'))} | {lowest} |"
         )
     lines += ["", "## Training step", ""]
+    peak = report.get("peak_tflops")
+    if peak:
+        lines += [f"Measured bfloat16 peak: {peak:.0f} TFLOP/s.", ""]
     lines += [
         "| model | framework | precision | batch | crop | ms/step | images/s | "
-        "ours / torchvision |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "ours / torchvision | GFLOP/step | share of bf16 peak |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report["speed"]:
         lines.append(
             f"| {row['model']} | {row['framework']} | {row['precision']} | "
             f"{row['batch']} | {row['crop']} | {_fmt(row.get('ms_step'), 1)} | "
-            f"{_fmt(row.get('images_s'), 0)} | {_fmt(row.get('ratio'), 2)} |"
+            f"{_fmt(row.get('images_s'), 0)} | {_fmt(row.get('ratio'), 2)} | "
+            f"{_fmt(row.get('gflop_step'), 0)} | {_fmt(row.get('peak_share'), 2)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -239,6 +277,10 @@ def _train_seconds(run: dict) -> int | None:
 
 def speed_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
     deadline = time.time() + args.speed_s
+    if not report.get("peak_tflops"):
+        peak = measure_in_process(["peak", "matmul", "bfloat16", 0, 0], args, out_dir)
+        report["peak_tflops"] = peak.get("tflops")
+        save_report(out_dir, report)
     models = DRY_RUN_SPEED if args.dry_run else SPEED_MODELS
     for name, batch, crop in models:
         if args.speed_models and name not in args.speed_models:
@@ -247,8 +289,11 @@ def speed_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
         for precision in args.precisions:
             if time.time() > deadline:
                 return
-            ours[precision] = measure_in_process(
-                ["keras", name, precision, batch, crop], args, out_dir
+            ours[precision] = with_peak_share(
+                measure_in_process(
+                    ["keras", name, precision, batch, crop], args, out_dir
+                ),
+                report.get("peak_tflops"),
             )
             report["speed"].append(ours[precision])
             save_report(out_dir, report)
@@ -264,12 +309,30 @@ def speed_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
             save_report(out_dir, report)
 
 
+def with_peak_share(row: dict, peak_tflops: float | None) -> dict:
+    """The row with the share of the bf16 peak its FLOPs per second reach."""
+    if peak_tflops and row.get("gflop_step") and row.get("ms_step"):
+        row["peak_share"] = row["gflop_step"] / row["ms_step"] / peak_tflops
+    return row  # GFLOP per ms is TFLOP per second.
+
+
+def data_part(out_dir: str, args: argparse.Namespace, report: dict) -> None:
+    size = DRY_RUN_DATA if args.dry_run else DATA_CHECK
+    row = measure_in_process(
+        ["data", "unet", "bfloat16", size["batch"], size["crop"]], args, out_dir
+    )
+    row["model"] = f"U-Net {size['filters'][0]}-{size['filters'][-1]}"
+    rows(report, "data").append(row)
+    save_report(out_dir, report)
+
+
 def measure_in_process(spec: list, args: argparse.Namespace, out_dir: str) -> dict:
     framework, name, precision, batch, crop = spec
     row = dict(
         model=name, framework=framework, precision=precision, batch=batch, crop=crop
     )
     command = [sys.executable, os.path.abspath(__file__), "--measure", *map(str, spec)]
+    command += ["--cache", args.cache, "--steps", str(args.steps)]
     if args.dry_run:
         command.append("--dry-run")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
@@ -283,18 +346,41 @@ def measure_in_process(spec: list, args: argparse.Namespace, out_dir: str) -> di
     return {**row, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def measure(
-    framework: str, name: str, precision: str, batch: int, crop: int, steps: int
-):
-    """Median seconds of one training step, printed as the last line (JSON)."""
+def measure(args: argparse.Namespace) -> dict:
+    """One measurement of `--measure FRAMEWORK NAME PRECISION BATCH CROP`."""
+    framework, name, precision, batch, crop = args.measure
+    batch, crop = int(batch), int(crop)
+    steps = 1 if args.dry_run else args.steps
+    if framework == "peak":
+        return {"tflops": peak_tflops(DRY_RUN_PEAK_SIZE if args.dry_run else PEAK_SIZE)}
+    if framework == "data":
+        return data_speeds(args.cache, DRY_RUN_DATA if args.dry_run else DATA_CHECK)
     if framework == "torch":
-        seconds = torch_step_seconds(name, batch, crop, steps)
-    else:
-        seconds = keras_step_seconds(name, precision, batch, crop, steps)
-    print(json.dumps({"ms_step": 1000 * seconds, "images_s": batch / seconds}))
+        return per_step(torch_step_seconds(name, batch, crop, steps), batch)
+    return keras_step(name, precision, batch, crop, steps)
 
 
-def keras_step_seconds(name, precision, batch, crop, steps) -> float:
+def per_step(seconds: float, batch: int) -> dict:
+    return {"ms_step": 1000 * seconds, "images_s": batch / seconds}
+
+
+def peak_tflops(size: int, repeats: int = 20) -> float:
+    """The GPU's bfloat16 throughput on a square matrix product of `size`."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.bfloat16)
+
+    @jax.jit
+    def products(a):  # Each product feeds the next: none can be skipped.
+        return jax.lax.fori_loop(0, repeats, lambda _, x: (x @ a) * 1e-3, a)
+
+    seconds = median_seconds(lambda: products(a).block_until_ready(), 5)
+    return 2 * size**3 * repeats / seconds / 1e12
+
+
+def keras_step(name, precision, batch, crop, steps) -> dict:
+    """Our model's training step: its time, and its FLOPs from XLA's cost analysis."""
     if precision == "bfloat16":
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     builders = {
@@ -307,9 +393,8 @@ def keras_step_seconds(name, precision, batch, crop, steps) -> float:
         ),
     }
     model = builders[name]()
-    model.compile(
-        optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), loss=segmentation_loss()
-    )
+    loss = segmentation_loss()
+    model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), loss=loss)
     rng = np.random.default_rng(0)
     images = ops.convert_to_tensor(
         rng.uniform(0, 255, (batch, crop, crop, 3)).astype("float32")
@@ -317,7 +402,86 @@ def keras_step_seconds(name, precision, batch, crop, steps) -> float:
     masks = ops.convert_to_tensor(
         rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype("int32")
     )
-    return median_seconds(lambda: model.train_on_batch(images, masks), steps)
+    seconds = median_seconds(lambda: model.train_on_batch(images, masks), steps)
+    return {
+        **per_step(seconds, batch),
+        "gflop_step": step_gflop(model, loss, images, masks),
+    }
+
+
+def step_gflop(model, loss, images, masks) -> float | None:
+    """GFLOPs of the forward and backward pass, by XLA's cost analysis.
+
+    Of the lowered (not yet optimised) program: no second compilation, and
+    fusion changes no FLOPs. The optimizer's update (a few per weight) is
+    left out.
+    """
+    import jax
+
+    def loss_of(trainable, non_trainable):
+        logits, _ = model.stateless_call(
+            trainable, non_trainable, images, training=True
+        )
+        return loss(masks, logits)
+
+    lowered = jax.jit(jax.grad(loss_of)).lower(
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+    )
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return cost["flops"] / 1e9 if cost and "flops" in cost else None
+
+
+class RepeatedBatch(keras.utils.PyDataset):
+    """One batch, `steps` times: the speed a step would have if data were free."""
+
+    def __init__(self, batch, steps: int):
+        super().__init__()
+        self.batch, self.steps = batch, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int):
+        return self.batch
+
+
+def data_speeds(cache_dir: str, size: dict) -> dict:
+    """ms per step of `fit` on the cache's augmented batches and on one repeated.
+
+    The U-Net recipe's model, loss and metric in bfloat16; each kind is timed
+    twice, alternating, after a warm-up that compiles the step, and the faster
+    time of each is kept.
+    """
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    images, masks, _ = cache.read_split(cache_dir, "train")
+    num_classes = cache.dataset_spec(cache_dir).num_classes
+    model = unet_train.build_unet(num_classes, filters=size["filters"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=make_loss({"dice": 1.0}),
+        metrics=[ConfusionMatrix(num_classes)],
+    )
+    steps = size["steps"]
+    real = cache.TrainingBatches(
+        images, masks, size["batch"], size["crop"], steps, (0.75, 1.5)
+    )
+    kinds = {"real": real, "repeated": RepeatedBatch(real[0], steps)}
+    model.fit(kinds["repeated"], epochs=1, verbose=0)  # Compiles the step.
+    seconds = {kind: [] for kind in kinds}
+    for _ in range(2):
+        for kind, batches in kinds.items():
+            start = time.perf_counter()
+            model.fit(batches, epochs=1, verbose=0)  # Ends synchronised (its logs).
+            seconds[kind].append((time.perf_counter() - start) / steps)
+    real_s, repeated_s = min(seconds["real"]), min(seconds["repeated"])
+    return {
+        "filters": list(size["filters"]),
+        "real_ms_step": 1000 * real_s,
+        "repeated_ms_step": 1000 * repeated_s,
+        "ratio": repeated_s / real_s,
+    }
 
 
 def torch_step_seconds(name, batch, crop, steps) -> float:
@@ -361,9 +525,11 @@ def median_seconds(step, steps: int) -> float:
 
 
 def export_models(out_dir: str, max_mib: float = 16) -> list[str]:
-    """Each run's best model without optimizer state, as OUT_DIR/weights/RUN.keras.
+    """Each run's best model for weights/, as OUT_DIR/weights/RUN.keras.
 
-    Only files of at most `max_mib` are kept (what the GPU machine can return).
+    Without optimizer state and with float16 weights (U-Net 32-256: 15 MB
+    instead of 31); only files of at most `max_mib` are kept (what the GPU
+    machine can return).
     """
     weights_dir, runs_dir = (
         os.path.join(out_dir, "weights"),
@@ -377,7 +543,8 @@ def export_models(out_dir: str, max_mib: float = 16) -> list[str]:
             continue
         path = os.path.join(weights_dir, f"{name}.keras")
         try:
-            load_model(best).save(path)  # Loaded uncompiled: no optimizer state.
+            # Loaded uncompiled: no optimizer state.
+            save_with_float16_weights(load_model(best), path)
         except InputError as error:  # E.g. a run stopped while writing it.
             print(error)
             continue
@@ -394,8 +561,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--parts",
         nargs="+",
-        choices=["camvid", "speed"],
-        default=["camvid", "speed"],
+        choices=["data", "camvid", "speed"],
+        default=["data", "camvid", "speed"],
         help="what to run, in this order (default: %(default)s)",
     )
     parser.add_argument(
@@ -433,10 +600,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
-    if args.measure:
-        framework, name, precision, batch, crop = args.measure
-        steps = 1 if args.dry_run else args.steps
-        measure(framework, name, precision, int(batch), int(crop), steps)
+    if args.measure:  # The last line of stdout: one JSON object.
+        print(json.dumps(measure(args)))
         return None
     if not args.dry_run and device_name().startswith("CPU"):
         raise SystemExit(
@@ -445,7 +610,7 @@ def main(argv=None) -> dict | None:
         )
     os.makedirs(args.out_dir, exist_ok=True)
     report = load_report(args.out_dir)
-    parts = {"camvid": camvid_part, "speed": speed_part}
+    parts = {"data": data_part, "camvid": camvid_part, "speed": speed_part}
     for part in args.parts:
         parts[part](args.out_dir, args, report)
     if "camvid" in args.parts:

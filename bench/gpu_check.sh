@@ -4,7 +4,9 @@
 # then pack what should come back into RESULTS_DIR: gpu_check.md, one
 # results.tar.gz (gpu_check.json, every run's log, results.json, history.csv,
 # curves.png and predictions.png) and each run's best model without its
-# optimizer state (RUN.keras), where it is at most 16 MiB.
+# optimizer state, its weights stored as float16 (RUN.keras), where it is at
+# most 16 MiB. Each command appends to the results of the ones before it on
+# the same machine (docs/gpu.md: `--parts data camvid`, then `--parts speed`).
 #
 #   bash bench/gpu_check.sh RESULTS_DIR [gpu_check.py flags]
 set -euo pipefail
@@ -17,7 +19,8 @@ if ! "$python" -c "import importlib.util as u; assert u.find_spec('keras')" 2>/d
     --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-work=$(mktemp -d)
+work=${GPU_CHECK_WORK:-/tmp/gpu_check}  # Kept between commands: a later one appends.
+mkdir -p "$work"
 nvidia-smi -L || true
 KERAS_BACKEND=jax "$python" bench/gpu_check.py "$work" "$@" || echo "gpu_check.py: exit $?"
 mkdir -p "$results"

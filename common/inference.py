@@ -22,10 +22,13 @@ which returns log-probabilities, blends exactly like its Keras source.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import h5py
 import keras
 import numpy as np
 
@@ -54,6 +57,45 @@ def load_model(path: str) -> keras.Model:
             f"file of this project (Keras says: {type(error).__name__}: {reason}). "
             "Give a best.keras written by a training script."
         ) from None
+
+
+def save_with_float16_weights(model: keras.Model, path: str) -> None:
+    """Save `model` as a `.keras` file whose float32 weights are stored as float16.
+
+    Half the size, for a model to download (`weights/`: the GPU machine of
+    docs/gpu.md returns files of at most 16 MiB, and the repository carries
+    them). The file is an ordinary `.keras`: its layers still compute in
+    float32, and loading casts each stored weight back (Keras' `assign`), on
+    any backend. Only the weights are rounded, to float16's 11 significant
+    bits; `tests/test_backends.py` bounds what that moves.
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as saved:
+        members = {name: saved.read(name) for name in saved.namelist()}
+    members["model.weights.h5"] = _float16_h5(members["model.weights.h5"])
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as packed:
+        for name, data in members.items():
+            packed.writestr(name, data)
+
+
+def _float16_h5(data: bytes) -> bytes:
+    """The HDF5 file `data` with every float32 dataset as float16, all else kept."""
+    rewritten = io.BytesIO()
+    with h5py.File(io.BytesIO(data), "r") as source, h5py.File(rewritten, "w") as copy:
+        copy.attrs.update(source.attrs)
+
+        def add(name: str, item: h5py.Group | h5py.Dataset) -> None:
+            if isinstance(item, h5py.Dataset):
+                values = item[()]
+                if values.dtype == np.float32:
+                    values = values.astype(np.float16)
+                copy.create_dataset(name, data=values)
+            else:
+                copy.require_group(name)
+            copy[name].attrs.update(item.attrs)
+
+        source.visititems(add)
+    return rewritten.getvalue()
 
 
 def check_same_size_output(model: keras.Model, size_divisor: int = 32) -> None:

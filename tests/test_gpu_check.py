@@ -57,9 +57,24 @@ def test_dry_run_trains_a_recipe_and_times_a_model_without_tensorflow(
     assert results["settings"]["mixed_precision"] is True
     assert "TensorBoard: off" in (out / "unet.log").read_text()
 
+    (data,) = report["data"]  # Cache batches against one repeated batch.
+    assert "error" not in data and data["model"] == "U-Net 4-8", data
+    assert data["real_ms_step"] > 0 and data["repeated_ms_step"] > 0
+    assert data["ratio"] == pytest.approx(
+        data["repeated_ms_step"] / data["real_ms_step"]
+    )
+
     speed = {(row["model"], row["precision"]): row for row in report["speed"]}
     assert set(speed) == {("unet", "float32"), ("unet", "bfloat16")}
     assert all(row["ms_step"] > 0 and "error" not in row for row in speed.values())
+    # FLOPs from XLA's cost analysis of the paper U-Net at 32x32: its
+    # convolutions are 1.51 GFLOP forward (counted from its layers' shapes);
+    # forward and backward XLA counts 3.75, about 2.5 times that.
+    assert all(2 * 1.51 < row["gflop_step"] < 3.2 * 1.51 for row in speed.values())
+    assert report["peak_tflops"] > 0
+    for row in speed.values():
+        share = row["gflop_step"] / row["ms_step"] / report["peak_tflops"]
+        assert row["peak_share"] == pytest.approx(share)
     table = (out / "gpu_check.md").read_text()
     assert table.startswith(f"# GPU check: {report['device']}\n")
     assert f"{run['mean_iou']:.3f}" in table
