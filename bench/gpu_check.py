@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -161,7 +163,7 @@ def markdown(report: dict) -> str:
     lines += ["", "## Training step", ""]
     peak = report.get("peak_tflops")
     if peak:
-        lines += [f"Measured bfloat16 peak: {peak:.0f} TFLOP/s.", ""]
+        lines += [f"Measured bfloat16 peak: {peak:.3g} TFLOP/s.", ""]
     lines += [
         "| model | framework | precision | batch | crop | ms/step | images/s | "
         "ours / torchvision | GFLOP/step | share of bf16 peak |",
@@ -172,7 +174,7 @@ def markdown(report: dict) -> str:
             f"| {row['model']} | {row['framework']} | {row['precision']} | "
             f"{row['batch']} | {row['crop']} | {_fmt(row.get('ms_step'), 1)} | "
             f"{_fmt(row.get('images_s'), 0)} | {_fmt(row.get('ratio'), 2)} | "
-            f"{_fmt(row.get('gflop_step'), 0)} | {_fmt(row.get('peak_share'), 2)} |"
+            f"{_fmt(row.get('gflop_step'), 1)} | {_fmt(row.get('peak_share'), 2)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -375,7 +377,12 @@ def peak_tflops(size: int, repeats: int = 20) -> float:
     def products(a):  # Each product feeds the next: none can be skipped.
         return jax.lax.fori_loop(0, repeats, lambda _, x: (x @ a) * 1e-3, a)
 
-    seconds = median_seconds(lambda: products(a).block_until_ready(), 5)
+    def run(count: int) -> None:
+        for _ in range(count):
+            result = products(a)
+        result.block_until_ready()
+
+    seconds = seconds_per_step(run, 5)
     return 2 * size**3 * repeats / seconds / 1e12
 
 
@@ -402,7 +409,8 @@ def keras_step(name, precision, batch, crop, steps) -> dict:
     masks = ops.convert_to_tensor(
         rng.integers(0, NUM_CLASSES, (batch, crop, crop)).astype("int32")
     )
-    seconds = median_seconds(lambda: model.train_on_batch(images, masks), steps)
+    repeated = RepeatedBatch((images, masks), steps)
+    seconds = seconds_per_step(functools.partial(fit_steps, model, repeated), steps)
     return {
         **per_step(seconds, batch),
         "gflop_step": step_gflop(model, loss, images, masks),
@@ -450,9 +458,8 @@ class RepeatedBatch(keras.utils.PyDataset):
 def data_speeds(cache_dir: str, size: dict) -> dict:
     """ms per step of `fit` on the cache's augmented batches and on one repeated.
 
-    The U-Net recipe's model, loss and metric in bfloat16; each kind is timed
-    twice, alternating, after a warm-up that compiles the step, and the faster
-    time of each is kept.
+    The U-Net recipe's model, loss and metric in bfloat16, each kind timed as
+    the training step is (`seconds_per_step`).
     """
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     images, masks, _ = cache.read_split(cache_dir, "train")
@@ -467,15 +474,10 @@ def data_speeds(cache_dir: str, size: dict) -> dict:
     real = cache.TrainingBatches(
         images, masks, size["batch"], size["crop"], steps, (0.75, 1.5)
     )
-    kinds = {"real": real, "repeated": RepeatedBatch(real[0], steps)}
-    model.fit(kinds["repeated"], epochs=1, verbose=0)  # Compiles the step.
-    seconds = {kind: [] for kind in kinds}
-    for _ in range(2):
-        for kind, batches in kinds.items():
-            start = time.perf_counter()
-            model.fit(batches, epochs=1, verbose=0)  # Ends synchronised (its logs).
-            seconds[kind].append((time.perf_counter() - start) / steps)
-    real_s, repeated_s = min(seconds["real"]), min(seconds["repeated"])
+    real_s, repeated_s = (
+        seconds_per_step(functools.partial(fit_steps, model, batches), steps)
+        for batches in (real, RepeatedBatch(real[0], steps))
+    )
     return {
         "filters": list(size["filters"]),
         "real_ms_step": 1000 * real_s,
@@ -498,27 +500,39 @@ def torch_step_seconds(name, batch, crop, steps) -> float:
     images = images.to(memory_format=torch.channels_last)
     masks = torch.randint(0, NUM_CLASSES, (batch, crop, crop), device="cuda")
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(model(images)["out"].float(), masks)
-        loss.backward()
-        optimizer.step()
+    def run(count: int) -> None:
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = loss_fn(model(images)["out"].float(), masks)
+            loss.backward()
+            optimizer.step()
         torch.cuda.synchronize()
 
-    return median_seconds(step, steps)
+    return seconds_per_step(run, steps)
 
 
-def median_seconds(step, steps: int) -> float:
-    """Median wall time of `steps` calls after two warm-ups (compilation)."""
-    step()
-    step()
+def fit_steps(model: keras.Model, batches: keras.utils.PyDataset, count: int) -> None:
+    """`count` steps of `fit` on `batches`, finished when this returns."""
+    model.fit(batches, epochs=1, steps_per_epoch=count, verbose=0)
+    ops.convert_to_numpy(model.optimizer.iterations)  # Waits for the last step.
+
+
+def seconds_per_step(run: Callable[[int], None], steps: int, rounds: int = 3) -> float:
+    """Seconds a step when `run(steps)` takes them back to back, as training does.
+
+    Synchronised once at the end of each run, not after every step (that
+    would add each framework's per-call overhead, e.g. Keras' `train_on_batch`
+    gathering its state, which `fit` does not pay). The fastest of `rounds`
+    runs, after a warm-up of two steps (compilation).
+    """
+    run(2)
     times = []
-    for _ in range(steps):
+    for _ in range(rounds):
         start = time.perf_counter()
-        step()
+        run(steps)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return min(times) / steps
 
 
 # --------------------------------------------------------------------------
@@ -592,7 +606,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="speed: our models in these precisions (default: %(default)s)",
     )
     parser.add_argument("--cache", default=CACHE, help="the CamVid cache folder")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per model")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per model and round"
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes")
     parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 
 import keras  # noqa: E402  (after console: TensorFlow loads quietly)
 
@@ -116,3 +117,19 @@ def has_accelerator() -> bool:
 
         return torch.cuda.is_available()
     return False
+
+
+def compiled(function: Callable) -> Callable:
+    """`function` compiled as one program where that pays off: `jax.jit` on JAX.
+
+    Eager JAX dispatches every op on its own: the cache's augmentation (about
+    50 ops a batch) cost 4.7 ms of host time a batch eagerly and 0.2 ms
+    compiled (batch 2 at 32 px, 2-core AMD EPYC), time the accelerator may
+    spend waiting. `function` must take arrays only; bind the rest first
+    (`functools.partial`). Elsewhere it is returned as it is.
+    """
+    if name() == "jax":
+        import jax
+
+        return jax.jit(function)
+    return function

@@ -21,6 +21,7 @@ Both are `keras.utils.PyDataset`s, which `model.fit` takes on any backend.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ import numpy as np
 from keras import ops
 
 from common import augment, voc
-from common.backend import tf
+from common.backend import compiled, tf
 from common.constants import IGNORE_LABEL, IMAGE_MEAN
 from common.errors import DatasetError
 
@@ -169,13 +170,21 @@ class TrainingBatches(keras.utils.PyDataset):
         self.masks = ops.convert_to_tensor(masks)
         self.count = len(images)
         self.batch_size = batch_size
-        self.crop_size = crop_size
         self.steps = steps
-        self.scale_range = scale_range
         self.seed = seed
         self.label_margin = label_margin
         self.weights = _weight_table(class_weights)
         self.epoch = 0
+        self.augment = compiled(  # One program a batch, not ~50 dispatches.
+            functools.partial(
+                augment.random_scale_crop_flip,
+                size=tuple(masks.shape[1:]),
+                crop_size=crop_size,
+                scale_range=scale_range,
+                pad_value=IMAGE_MEAN,
+                xp=ops,
+            )
+        )
 
     def __len__(self) -> int:
         return self.steps
@@ -201,15 +210,10 @@ class TrainingBatches(keras.utils.PyDataset):
         rng = np.random.default_rng([self.seed, batch, 1])
         ids = ops.convert_to_tensor(self.image_ids(batch).astype("int32"))
         draws = rng.random((self.batch_size, augment.DRAWS), np.float32)
-        images, masks = augment.random_scale_crop_flip(
+        images, masks = self.augment(
             ops.take(self.images, ids, axis=0),
             ops.take(self.masks, ids, axis=0),
-            self.masks.shape[1:],
-            ops.convert_to_tensor(draws),
-            self.crop_size,
-            self.scale_range,
-            IMAGE_MEAN,
-            ops,
+            draws=ops.convert_to_tensor(draws),
         )
         masks = augment.center_crop(masks, self.label_margin)
         return _with_weights(images, masks, self.weights)
