@@ -119,6 +119,30 @@ def test_training_batches_repeat_with_the_seed_and_walk_through_the_split():
         first[3]
 
 
+def test_a_training_batch_is_the_augmentation_of_its_images_and_draws():
+    """TrainingBatches runs `common.augment` compiled (one program on JAX): the
+    same pixels as the function run op by op on the batch's images and draws."""
+    images, masks = _striped(batch=6)
+    batches = cache.TrainingBatches(images, masks, 4, 16, 3, (0.5, 1.5), seed=7)
+    ids = batches.image_ids(1)
+    draws = np.random.default_rng([7, 1, 1]).random((4, augment.DRAWS), np.float32)
+    expected = augment.random_scale_crop_flip(
+        ops.convert_to_tensor(images[ids]),
+        ops.convert_to_tensor(masks[ids]),
+        masks.shape[1:],
+        ops.convert_to_tensor(draws),
+        16,
+        (0.5, 1.5),
+        IMAGE_MEAN,
+        ops,
+    )
+    got_images, got_masks = batches[1]
+    np.testing.assert_array_equal(np.asarray(got_masks), np.asarray(expected[1]))
+    np.testing.assert_allclose(
+        np.asarray(got_images), np.asarray(expected[0]), atol=1e-3
+    )
+
+
 def test_evaluation_batches_pad_like_the_pipeline_and_fill_the_last_batch(
     camvid_cache,
 ):
