@@ -524,9 +524,9 @@ def seconds_per_step(run: Callable[[int], None], steps: int, rounds: int = 3) ->
     Synchronised once at the end of each run, not after every step (that
     would add each framework's per-call overhead, e.g. Keras' `train_on_batch`
     gathering its state, which `fit` does not pay). The fastest of `rounds`
-    runs, after a warm-up of two steps (compilation).
+    runs, after a warm-up of two steps (compilation; one if `steps` is 1).
     """
-    run(2)
+    run(min(2, steps))
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
