@@ -541,7 +541,7 @@ def seconds_per_step(run: Callable[[int], None], steps: int, rounds: int = 3) ->
 def export_models(out_dir: str, max_mib: float = 16) -> list[str]:
     """Each run's best model for weights/, as OUT_DIR/weights/RUN.keras.
 
-    Without optimizer state and with float16 weights (U-Net 32-256: 15 MB
+    Without optimizer state and with float16 weights (U-Net 32-256: 14 MB
     instead of 31); only files of at most `max_mib` are kept (what the GPU
     machine can return).
     """
